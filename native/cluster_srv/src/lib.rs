@@ -1,0 +1,296 @@
+//! The NIF surface of libcluster_srv: it declares the NIFs and converts terms, nothing more.
+//! The work lives in `resolver` (hickory and the tokio runtime) and `names` (targets to names).
+
+pub mod error;
+pub mod names;
+pub mod resolver;
+
+#[cfg(feature = "nif")]
+mod nif {
+    use std::net::IpAddr;
+    use std::panic::{AssertUnwindSafe, RefUnwindSafe};
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use rustler::types::tuple::make_tuple;
+    use rustler::{
+        Atom, Binary, Decoder, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term,
+    };
+
+    use crate::error::{panic_message, Error};
+    use crate::resolver::{self, Options, SrvRecord, SrvResolver};
+
+    mod atoms {
+        rustler::atoms! {
+            ok,
+            error,
+            invalid_nameserver,
+            cluster_srv_lookup,
+            __struct__,
+            priority,
+            weight,
+            port,
+            ttl,
+            target,
+            addresses,
+            nif,
+            task,
+        }
+    }
+
+    /// A resolver owned by the VM's garbage collector.
+    pub struct ResolverResource {
+        resolver: SrvResolver,
+    }
+
+    // The resolver is only read after construction, so a panic cannot leave it half-updated.
+    impl RefUnwindSafe for ResolverResource {}
+
+    #[rustler::resource_impl]
+    impl rustler::Resource for ResolverResource {}
+
+    /// A nameserver as Elixir hands it over: `"ip[:port]"` or `{"ip", port}`.
+    enum NameserverArg {
+        Text(String),
+        WithPort(String, i64),
+    }
+
+    impl<'a> Decoder<'a> for NameserverArg {
+        fn decode(term: Term<'a>) -> NifResult<Self> {
+            if let Ok(text) = term.decode::<String>() {
+                return Ok(NameserverArg::Text(text));
+            }
+            let (ip, port): (String, i64) = term.decode()?;
+            Ok(NameserverArg::WithPort(ip, port))
+        }
+    }
+
+    /// Builds a resolver. A bad nameserver gives `{:error, {:invalid_nameserver, index, why}}`, with
+    /// the index into the given list, so that Elixir can name the value the user wrote.
+    #[rustler::nif]
+    fn resolver_new<'a>(
+        env: Env<'a>,
+        nameservers: Vec<NameserverArg>,
+        timeout_ms: u64,
+        attempts: u32,
+    ) -> Term<'a> {
+        guarded(env, || {
+            new_resolver(env, &nameservers, timeout_ms, attempts)
+        })
+    }
+
+    fn new_resolver<'a>(
+        env: Env<'a>,
+        nameservers: &[NameserverArg],
+        timeout_ms: u64,
+        attempts: u32,
+    ) -> Term<'a> {
+        let mut addresses = Vec::with_capacity(nameservers.len());
+        for (index, nameserver) in nameservers.iter().enumerate() {
+            let parsed = match nameserver {
+                NameserverArg::Text(text) => resolver::parse_nameserver(text),
+                NameserverArg::WithPort(ip, port) => resolver::nameserver_with_port(ip, *port),
+            };
+            match parsed {
+                Ok(address) => addresses.push(address),
+                Err(why) => {
+                    let reason = (atoms::invalid_nameserver(), index, why);
+                    return (atoms::error(), reason).encode(env);
+                }
+            }
+        }
+        let options = Options {
+            nameservers: addresses,
+            timeout: Duration::from_millis(timeout_ms),
+            attempts,
+        };
+        match SrvResolver::new(&options) {
+            Ok(resolver) => {
+                (atoms::ok(), ResourceArc::new(ResolverResource { resolver })).encode(env)
+            }
+            Err(error) => (atoms::error(), error).encode(env),
+        }
+    }
+
+    /// Starts a lookup on the shared runtime and returns at once. The caller later receives
+    /// exactly one `{:cluster_srv_lookup, tag, {:ok, records} | {:error, reason}}`.
+    #[rustler::nif]
+    fn start_lookup<'a>(
+        env: Env<'a>,
+        resource: ResourceArc<ResolverResource>,
+        name: Binary<'a>,
+        tag: Term<'a>,
+    ) -> Term<'a> {
+        guarded(env, || {
+            let name = String::from_utf8(name.as_slice().to_vec());
+            spawn_reply(env, tag, async move {
+                match name {
+                    Ok(name) => resource.resolver.lookup(&name).await,
+                    Err(error) => Err(Error::InvalidName(
+                        String::from_utf8_lossy(error.as_bytes()).into_owned(),
+                    )),
+                }
+            })
+        })
+    }
+
+    /// Runs `work` on the shared runtime and sends its result to the caller, tagged with `tag`.
+    /// A panic inside `work` is caught there and sent as `{:error, {:panic, message}}`.
+    fn spawn_reply<'a, F>(env: Env<'a>, tag: Term<'a>, work: F) -> Term<'a>
+    where
+        F: std::future::Future<Output = Result<Vec<SrvRecord>, Error>> + Send + 'static,
+    {
+        let runtime = match resolver::runtime() {
+            Ok(runtime) => runtime,
+            Err(error) => return (atoms::error(), error).encode(env),
+        };
+        let reply = Reply::new(env.pid(), tag);
+        runtime.spawn(async move {
+            let result = AssertUnwindSafe(work)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|payload| Err(Error::Panic(panic_message(payload.as_ref()))));
+            reply.send(result);
+        });
+        atoms::ok().encode(env)
+    }
+
+    /// Runs a NIF body so that a panic becomes `{:error, {:panic, message}}`, never a raise.
+    fn guarded<'a>(env: Env<'a>, body: impl FnOnce() -> Term<'a>) -> Term<'a> {
+        std::panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+            (
+                atoms::error(),
+                Error::Panic(panic_message(payload.as_ref())),
+            )
+                .encode(env)
+        })
+    }
+
+    /// Panics on purpose at `site`, to prove each guard: `:nif` in the NIF body, `:task` inside a
+    /// runtime task, and `:cancel` for a task dropped before it could reply.
+    #[cfg(feature = "test-panic")]
+    #[rustler::nif]
+    fn test_panic<'a>(env: Env<'a>, site: Atom, tag: Term<'a>) -> Term<'a> {
+        guarded(env, || {
+            if site == atoms::nif() {
+                panic!("test panic in the NIF body");
+            } else if site == atoms::task() {
+                spawn_reply(env, tag, async { panic!("test panic in a runtime task") })
+            } else {
+                drop_on_runtime(Reply::new(env.pid(), tag));
+                atoms::ok().encode(env)
+            }
+        })
+    }
+
+    #[cfg(feature = "test-panic")]
+    fn drop_on_runtime(reply: Reply) {
+        if let Ok(runtime) = resolver::runtime() {
+            runtime.spawn(async move { drop(reply) });
+        }
+    }
+
+    /// Carries a lookup's reply back to the caller. If it is dropped unsent (the task was cancelled),
+    /// it still sends an error, so the caller never waits for a message that cannot come.
+    struct Reply {
+        owned: Option<OwnedEnv>,
+        tag: rustler::env::SavedTerm,
+        pid: LocalPid,
+    }
+
+    impl Reply {
+        fn new(pid: LocalPid, tag: Term<'_>) -> Reply {
+            let owned = OwnedEnv::new();
+            let tag = owned.save(tag);
+            Reply {
+                owned: Some(owned),
+                tag,
+                pid,
+            }
+        }
+
+        fn send(mut self, result: Result<Vec<SrvRecord>, Error>) {
+            self.deliver(result);
+        }
+
+        fn deliver(&mut self, result: Result<Vec<SrvRecord>, Error>) {
+            let Some(mut owned) = self.owned.take() else {
+                return;
+            };
+            // The VM forbids sending from an owned env on its own threads; the runtime's are not.
+            if rustler::thread::is_scheduler_thread() {
+                return;
+            }
+            let tag = self.tag.clone();
+            // A send fails only when the caller has exited, and then nobody is waiting.
+            let _ = owned.send_and_clear(&self.pid, |env| {
+                let result = match &result {
+                    Ok(records) => (atoms::ok(), encode_records(env, records)).encode(env),
+                    Err(error) => (atoms::error(), error).encode(env),
+                };
+                (atoms::cluster_srv_lookup(), tag.load(env), result)
+            });
+        }
+    }
+
+    impl Drop for Reply {
+        fn drop(&mut self) {
+            self.deliver(Err(Error::Io("the lookup was cancelled".to_string())));
+        }
+    }
+
+    fn encode_records<'a>(env: Env<'a>, records: &[SrvRecord]) -> Term<'a> {
+        let keys = [
+            atoms::__struct__().encode(env),
+            atoms::priority().encode(env),
+            atoms::weight().encode(env),
+            atoms::port().encode(env),
+            atoms::ttl().encode(env),
+            atoms::target().encode(env),
+            atoms::addresses().encode(env),
+        ];
+        let module = match Atom::from_str(env, "Elixir.ClusterSRV.Record") {
+            Ok(module) => module.encode(env),
+            Err(_) => return Vec::<Term>::new().encode(env),
+        };
+        let terms: Vec<Term<'a>> = records
+            .iter()
+            .filter_map(|record| {
+                let addresses: Vec<Term<'a>> = record
+                    .addresses
+                    .iter()
+                    .map(|ip| encode_ip(env, ip))
+                    .collect();
+                let values = [
+                    module,
+                    record.priority.encode(env),
+                    record.weight.encode(env),
+                    record.port.encode(env),
+                    record.ttl.encode(env),
+                    record.target.encode(env),
+                    addresses.encode(env),
+                ];
+                Term::map_from_term_arrays(env, &keys, &values).ok()
+            })
+            .collect();
+        terms.encode(env)
+    }
+
+    /// An address as `:inet` writes it: a 4-tuple of bytes or an 8-tuple of 16-bit words.
+    fn encode_ip<'a>(env: Env<'a>, ip: &IpAddr) -> Term<'a> {
+        match ip {
+            IpAddr::V4(v4) => {
+                let parts: Vec<Term<'a>> =
+                    v4.octets().iter().map(|part| part.encode(env)).collect();
+                make_tuple(env, &parts)
+            }
+            IpAddr::V6(v6) => {
+                let parts: Vec<Term<'a>> =
+                    v6.segments().iter().map(|part| part.encode(env)).collect();
+                make_tuple(env, &parts)
+            }
+        }
+    }
+
+    rustler::init!("Elixir.ClusterSRV.Native");
+}

@@ -1,0 +1,61 @@
+defmodule ClusterSRV.NativeTest do
+  # Panics print a report on stderr by design; these tests provoke them on purpose.
+  use ExUnit.Case, async: true
+
+  alias ClusterSRV.Native
+
+  describe "panic guards (test build only)" do
+    test "a panic in a NIF body comes back as an error value" do
+      assert {:error, {:panic, "test panic in the NIF body"}} =
+               Native.test_panic(:nif, make_ref())
+    end
+
+    test "a panic inside a runtime task is sent as the reply" do
+      ref = make_ref()
+      assert :ok = Native.test_panic(:task, ref)
+
+      assert_receive {:cluster_srv_lookup, ^ref,
+                      {:error, {:panic, "test panic in a runtime task"}}},
+                     2_000
+    end
+
+    test "a task dropped before it replied still sends one error reply" do
+      ref = make_ref()
+      assert :ok = Native.test_panic(:cancel, ref)
+
+      assert_receive {:cluster_srv_lookup, ^ref, {:error, {:io, "the lookup was cancelled"}}},
+                     2_000
+
+      refute_receive {:cluster_srv_lookup, ^ref, _}, 100
+    end
+
+    test "the VM and later lookups are unaffected by the panics" do
+      for _ <- 1..20, do: Native.test_panic(:nif, make_ref())
+
+      {:ok, resolver} =
+        ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:1"], timeout: 50, attempts: 1)
+
+      assert {:error, {:invalid_name, "x..y"}} = ClusterSRV.Resolver.lookup(resolver, "x..y")
+    end
+  end
+
+  @tag :tmp_dir
+  test "without the library, a call explains how to build it", %{tmp_dir: tmp_dir} do
+    # A copy of the app's code with no priv dir: what a user sees if the NIF was never built.
+    ebin = Path.join(tmp_dir, "lib/libcluster_srv/ebin")
+    File.mkdir_p!(ebin)
+    File.cp_r!(Path.join(Mix.Project.app_path(), "ebin"), ebin)
+
+    {output, status} =
+      System.cmd(
+        "elixir",
+        ["-pa", ebin, "-e", "ClusterSRV.Resolver.new(nameservers: [\"127.0.0.1\"])"],
+        stderr_to_stdout: true
+      )
+
+    assert status != 0
+    assert output =~ "the cluster_srv NIF is not loaded"
+    assert output =~ "Run `mix compile`"
+    refute output =~ "nif_not_loaded"
+  end
+end

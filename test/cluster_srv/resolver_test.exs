@@ -1,0 +1,70 @@
+defmodule ClusterSRV.ResolverTest do
+  use ExUnit.Case, async: true
+  doctest ClusterSRV.Resolver
+
+  alias ClusterSRV.Resolver
+
+  describe "new/1" do
+    test "builds a resolver with the defaults filled in" do
+      assert {:ok, resolver} = Resolver.new(nameservers: ["127.0.0.1:5353"])
+      assert %Resolver{timeout: 2_000, attempts: 2, nameservers: ["127.0.0.1:5353"]} = resolver
+      assert inspect(resolver) =~ "#ClusterSRV.Resolver<nameservers: [\"127.0.0.1:5353\"]"
+    end
+
+    test "accepts every nameserver form, IPv6 included" do
+      forms = [
+        "10.0.0.10",
+        "127.0.0.1:5353",
+        "[::1]:5353",
+        "::1",
+        {"::1", 53},
+        {{0, 0, 0, 0, 0, 0, 0, 1}, 53}
+      ]
+
+      assert {:ok, _} = Resolver.new(nameservers: forms)
+    end
+
+    test "without nameservers it reads the system's resolv.conf (and sends nothing yet)" do
+      assert {:ok, %Resolver{nameservers: []}} = Resolver.new()
+    end
+
+    test "a malformed nameserver raises and names the value the user wrote" do
+      for {bad, why} <- [
+            {"10.0.0.1:99999", ~s|port "99999" is not in 1..65535|},
+            {"dns.local:53", "host names are not allowed"},
+            {{"10.0.0.1", 0}, "port 0 is not in 1..65535"},
+            {{"not-an-ip", 53}, ~s|"not-an-ip" is not an IP address|}
+          ] do
+        error =
+          assert_raise ArgumentError, fn ->
+            Resolver.new(nameservers: ["127.0.0.1", bad])
+          end
+
+        assert error.message =~ "invalid value for :nameservers: #{inspect(bad)}"
+        assert error.message =~ why
+      end
+    end
+  end
+
+  describe "lookup/2" do
+    setup do
+      {:ok, resolver} = Resolver.new(nameservers: ["127.0.0.1:1"], timeout: 100, attempts: 1)
+      %{resolver: resolver}
+    end
+
+    test "an invalid name is an error value, before anything is sent", %{resolver: resolver} do
+      assert Resolver.lookup(resolver, "bad..name") == {:error, {:invalid_name, "bad..name"}}
+      assert Resolver.lookup(resolver, "") == {:error, {:invalid_name, ""}}
+      long = String.duplicate("a", 64) <> ".example."
+      assert Resolver.lookup(resolver, long) == {:error, {:invalid_name, long}}
+    end
+
+    test "a name that is not UTF-8 is an invalid name, not a crash", %{resolver: resolver} do
+      assert {:error, {:invalid_name, _}} = Resolver.lookup(resolver, <<0xFF, 0xFE>>)
+    end
+
+    test "a name that is not a string is a programmer error", %{resolver: resolver} do
+      assert_raise ArgumentError, ~r/as a string/, fn -> Resolver.lookup(resolver, :name) end
+    end
+  end
+end

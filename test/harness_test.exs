@@ -1,0 +1,4 @@
+defmodule ClusterSRV.HarnessTest do
+  use ExUnit.Case, async: true
+  doctest ClusterSRV.Harness.Zone
+end

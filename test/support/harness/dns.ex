@@ -1,0 +1,267 @@
+defmodule ClusterSRV.Harness.DNS do
+  @moduledoc """
+  A real BIND9 serving a CoreDNS-shaped `cluster.local` on 127.0.0.1 at a free high port.
+
+  The server is owned by a process linked to the caller: when the caller exits, `named` stops.
+  Services change through dynamic updates (`nsupdate`), as the endpoints controller changes
+  CoreDNS's view, and the server can be stopped and started again on the same port with its
+  data kept, to play a DNS outage.
+
+      dns = ClusterSRV.Harness.DNS.start!(services: [service])
+      ClusterSRV.Harness.DNS.nameserver(dns)  #=> "127.0.0.1:53841"
+      ClusterSRV.Harness.DNS.put_service(dns, %{service | pods: more_pods})
+      ClusterSRV.Harness.DNS.stop(dns)
+  """
+  use GenServer
+
+  alias ClusterSRV.Harness.{Watchdog, Zone}
+
+  defstruct [:pid, :port, :dir]
+
+  @type t :: %__MODULE__{pid: pid(), port: :inet.port_number(), dir: Path.t()}
+
+  @doc """
+  Starts BIND with the given `services` (see `ClusterSRV.Harness.Zone`) and any `extra` records,
+  and waits until it answers.
+  """
+  def start!(opts \\ []) do
+    {:ok, pid} = GenServer.start_link(__MODULE__, opts)
+    GenServer.call(pid, :info)
+  end
+
+  @doc "Stops BIND and removes its files."
+  def stop(%__MODULE__{pid: pid}) do
+    GenServer.stop(pid)
+  catch
+    # Already stopped, or stopping with the process that started it.
+    :exit, _ -> :ok
+  end
+
+  @doc "The nameserver as `ClusterSRV.Resolver` takes it."
+  def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
+
+  @doc "Stops the server process but keeps its port and data, to play an outage."
+  def pause(%__MODULE__{pid: pid}), do: GenServer.call(pid, :pause, 15_000)
+
+  @doc "Starts the server again after `pause/1`, with the same port and data."
+  def resume(%__MODULE__{pid: pid}), do: GenServer.call(pid, :resume, 30_000)
+
+  @doc """
+  Replaces everything DNS holds for the service with its current pods and ports, in one dynamic
+  update, as the endpoints controller and CoreDNS would present it.
+  """
+  def put_service(%__MODULE__{pid: pid}, %Zone{} = service),
+    do: GenServer.call(pid, {:put_service, service}, 15_000)
+
+  @doc "Sends raw `nsupdate` lines (for example `update add ...`) in one update."
+  def update!(%__MODULE__{pid: pid}, lines), do: GenServer.call(pid, {:update, lines}, 15_000)
+
+  @impl true
+  def init(opts) do
+    Process.flag(:trap_exit, true)
+    services = Keyword.get(opts, :services, [])
+    extra = Keyword.get(opts, :extra, [])
+    dir = Path.join(System.tmp_dir!(), "cluster_srv_dns_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    records = Enum.flat_map(services, &Zone.records/1) ++ extra
+    File.write!(Path.join(dir, "cluster.local.zone"), Zone.render(records))
+
+    state = %{
+      dir: dir,
+      port: nil,
+      os_port: nil,
+      services: Map.new(services, &{{&1.name, &1.namespace}, &1})
+    }
+
+    {:ok, start_on_free_port(state, 5)}
+  end
+
+  @impl true
+  def handle_call(:info, _from, state), do: {:reply, info(state), state}
+
+  def handle_call(:pause, _from, state) do
+    Watchdog.close(state.os_port)
+    {:reply, :ok, %{state | os_port: nil}}
+  end
+
+  def handle_call(:resume, _from, %{os_port: nil} = state) do
+    case launch(state, state.port) do
+      {:ok, state} -> {:reply, :ok, state}
+      {:error, log} -> {:stop, {:named_failed, log}, {:error, log}, state}
+    end
+  end
+
+  def handle_call({:put_service, service}, _from, state) do
+    key = {service.name, service.namespace}
+    old_names = if old = state.services[key], do: Zone.owned_names(old), else: []
+
+    deletes =
+      for name <- Enum.uniq(old_names ++ Zone.owned_names(service)), do: "update delete #{name}"
+
+    adds = for record <- Zone.records(service), do: "update add " <> Zone.line(record)
+    nsupdate!(state, deletes ++ adds)
+    {:reply, :ok, put_in(state.services[key], service)}
+  end
+
+  def handle_call({:update, lines}, _from, state) do
+    nsupdate!(state, lines)
+    {:reply, :ok, state}
+  end
+
+  @impl true
+  def handle_info({port, {:data, _line}}, %{os_port: port} = state), do: {:noreply, state}
+
+  def handle_info({port, {:exit_status, status}}, %{os_port: port} = state),
+    do: {:stop, {:named_exited, status, log_tail(state)}, state}
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    if state.os_port, do: Watchdog.close(state.os_port)
+    File.rm_rf(state.dir)
+    :ok
+  end
+
+  defp info(state), do: %__MODULE__{pid: self(), port: state.port, dir: state.dir}
+
+  defp start_on_free_port(_state, 0), do: raise("BIND could not start on any free port")
+
+  defp start_on_free_port(state, tries) do
+    case launch(state, free_port()) do
+      {:ok, state} -> state
+      {:error, _log} -> start_on_free_port(state, tries - 1)
+    end
+  end
+
+  defp launch(state, port) do
+    conf = Path.join(state.dir, "named.conf")
+    File.write!(conf, named_conf(state.dir, port))
+    File.rm(Path.join(state.dir, "named.log"))
+    user = if System.get_env("USER") == "root" or uid() == "0", do: ["-u", "root"], else: []
+
+    args = ["-f", "-c", conf, "-n", "1", "-L", Path.join(state.dir, "named.log")] ++ user
+
+    os_port = Watchdog.open(named_executable(), args)
+    state = %{state | os_port: os_port, port: port}
+
+    if wait_ready(port, os_port, 100) do
+      {:ok, state}
+    else
+      Watchdog.close(os_port)
+      {:error, log_tail(state)}
+    end
+  end
+
+  defp wait_ready(_port, _os_port, 0), do: false
+
+  defp wait_ready(port, os_port, tries) do
+    receive do
+      {^os_port, {:exit_status, _}} -> false
+    after
+      0 ->
+        query =
+          :inet_res.resolve(~c"cluster.local", :in, :soa,
+            nameservers: [{{127, 0, 0, 1}, port}],
+            timeout: 200,
+            retry: 1
+          )
+
+        case query do
+          {:ok, _} ->
+            true
+
+          {:error, _} ->
+            Process.sleep(50)
+            wait_ready(port, os_port, tries - 1)
+        end
+    end
+  end
+
+  defp nsupdate!(state, lines) do
+    script = Path.join(state.dir, "update-#{System.unique_integer([:positive])}.txt")
+
+    File.write!(script, """
+    server 127.0.0.1 #{state.port}
+    zone #{Zone.domain()}
+    #{Enum.join(lines, "\n")}
+    send
+    """)
+
+    case System.cmd("nsupdate", ["-t", "5", script], stderr_to_stdout: true) do
+      {_, 0} ->
+        File.rm(script)
+        :ok
+
+      {output, status} ->
+        raise "nsupdate failed (#{status}): #{output}\n#{File.read!(script)}"
+    end
+  end
+
+  defp named_conf(dir, port) do
+    """
+    options {
+      directory "#{dir}";
+      listen-on port #{port} { 127.0.0.1; };
+      listen-on-v6 { none; };
+      recursion no;
+      dnssec-validation no;
+      notify no;
+      minimal-responses no;
+      max-records-per-type 0;
+      pid-file "#{dir}/named.pid";
+      session-keyfile "#{dir}/session.key";
+      managed-keys-directory "#{dir}";
+    };
+    controls { };
+    zone "#{Zone.domain()}" {
+      type primary;
+      file "#{dir}/cluster.local.zone";
+      allow-update { 127.0.0.1; };
+    };
+    """
+  end
+
+  defp log_tail(state) do
+    case File.read(Path.join(state.dir, "named.log")) do
+      {:ok, log} -> log |> String.split("\n") |> Enum.take(-20) |> Enum.join("\n")
+      {:error, _} -> "(no log)"
+    end
+  end
+
+  defp named_executable do
+    Enum.find(["/usr/sbin/named", System.find_executable("named")], &(&1 && File.exists?(&1))) ||
+      raise "named is not installed: run `make setup` (apt-get install bind9 bind9-dnsutils)"
+  end
+
+  defp uid do
+    case File.read("/proc/self/status") do
+      {:ok, status} ->
+        case Regex.run(~r/^Uid:\s+(\d+)/m, status) do
+          [_, uid] -> uid
+          nil -> nil
+        end
+
+      _ ->
+        nil
+    end
+  end
+
+  @doc false
+  # A port free for both UDP and TCP right now. BIND may still lose a race for it; start!/1 retries.
+  def free_port do
+    {:ok, udp} = :gen_udp.open(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(udp)
+
+    case :gen_tcp.listen(port, ip: {127, 0, 0, 1}) do
+      {:ok, tcp} ->
+        :gen_tcp.close(tcp)
+        :gen_udp.close(udp)
+        port
+
+      {:error, _} ->
+        :gen_udp.close(udp)
+        free_port()
+    end
+  end
+end
