@@ -13,12 +13,308 @@ defmodule ClusterSRV.Config do
       ** (ArgumentError) invalid value for :timeout: expected a positive integer of milliseconds (at most 600000), got: -1. Example: timeout: 2_000
   """
 
+  @enforce_keys [:application_name, :query, :domain]
+  defstruct [
+    :application_name,
+    :query,
+    :domain,
+    :resolver,
+    polling_interval: 5_000,
+    resolver_options: [],
+    node_naming: :hostname,
+    max_nodes: 1_000
+  ]
+
+  @typedoc """
+  A validated strategy config. `:query` is the SRV name asked; `:domain` is what pod targets
+  must lie under (`nil` for a `:query` config); `:resolver` is the user's lookup function or
+  `nil` for the native resolver.
+  """
+  @type t :: %__MODULE__{
+          application_name: String.t(),
+          query: String.t(),
+          domain: String.t() | nil,
+          resolver: (charlist() -> term()) | nil,
+          polling_interval: pos_integer(),
+          resolver_options: keyword(),
+          node_naming: :hostname | :ip,
+          max_nodes: pos_integer()
+        }
+
+  @strategy_keys [
+    :service,
+    :namespace,
+    :application_name,
+    :polling_interval,
+    :resolver,
+    :cluster_domain,
+    :port_name,
+    :protocol,
+    :query,
+    :nameservers,
+    :timeout,
+    :attempts,
+    :node_naming,
+    :max_nodes
+  ]
+
   @default_timeout 2_000
   @default_attempts 2
   @max_timeout 600_000
   @max_attempts 10
 
   @resolver_keys [:nameservers, :timeout, :attempts]
+
+  @doc """
+  Validates a strategy's `config` keyword list, as given under `config :libcluster, topologies`.
+
+  Returns the validated config and the unknown keys (which the strategy logs, since they are
+  likely typos). A missing or bad key raises `ArgumentError` naming the key, the value and what
+  is expected.
+
+      iex> {config, []} = ClusterSRV.Config.strategy!(
+      ...>   service: "myapp-headless", namespace: "default", application_name: "myapp",
+      ...>   cluster_domain: "cluster.local.")
+      iex> {config.query, config.domain}
+      {"myapp-headless.default.svc.cluster.local.", "myapp-headless.default.svc.cluster.local"}
+
+      iex> {config, []} = ClusterSRV.Config.strategy!(
+      ...>   service: "myapp-headless", namespace: "default", application_name: "myapp",
+      ...>   port_name: "epmd", cluster_domain: "cluster.local.")
+      iex> config.query
+      "_epmd._tcp.myapp-headless.default.svc.cluster.local."
+
+      iex> ClusterSRV.Config.strategy!(service: "myapp-headless", namespace: "default")
+      ** (ArgumentError) missing required key :application_name: expected the nodes' base name, the part before "@" (a string such as "myapp"). Example: application_name: "myapp"
+  """
+  @spec strategy!(keyword()) :: {t(), [atom()]}
+  def strategy!(config) do
+    unless is_list(config) and Keyword.keyword?(config) do
+      raise ArgumentError,
+            "expected the strategy's config as a keyword list, got: #{inspect(config)}. " <>
+              ~s|Example: config: [service: "myapp-headless", namespace: "default", application_name: "myapp"]|
+    end
+
+    application_name = required!(config, :application_name, &application_name!/1)
+    {query, domain} = query!(config)
+
+    resolver_options =
+      config
+      |> Keyword.take([:nameservers, :timeout, :attempts])
+      |> resolver_options!()
+
+    validated = %__MODULE__{
+      application_name: application_name,
+      query: query,
+      domain: domain,
+      resolver: optional(config, :resolver, nil, &resolver_fun!/1),
+      polling_interval: optional(config, :polling_interval, 5_000, &polling_interval!/1),
+      resolver_options: resolver_options,
+      node_naming: optional(config, :node_naming, :hostname, &node_naming!/1),
+      max_nodes: optional(config, :max_nodes, 1_000, &max_nodes!/1)
+    }
+
+    {validated, config |> Keyword.keys() |> Enum.uniq() |> Kernel.--(@strategy_keys)}
+  end
+
+  # The Kubernetes forms ask `[_port._proto.]service.namespace.svc.domain`; `:query` replaces them.
+  defp query!(config) do
+    case Keyword.fetch(config, :query) do
+      {:ok, query} ->
+        for key <- [:service, :namespace, :port_name], Keyword.has_key?(config, key) do
+          raise ArgumentError,
+                "#{inspect(key)} cannot be combined with :query: :query is the full SRV name and " <>
+                  "replaces :service and :namespace, got: query: #{inspect(query)}, " <>
+                  "#{key}: #{inspect(config[key])}"
+        end
+
+        {query_name!(query), nil}
+
+      :error ->
+        service =
+          required!(config, :service, &label!(:service, &1, "the headless service's name"))
+
+        namespace =
+          required!(config, :namespace, &label!(:namespace, &1, "the service's namespace"))
+
+        domain = optional(config, :cluster_domain, cluster_domain_env(), &cluster_domain!/1)
+        service_name = "#{service}.#{namespace}.svc.#{domain}"
+
+        query =
+          case Keyword.fetch(config, :port_name) do
+            {:ok, port_name} ->
+              port_name = label!(:port_name, port_name, "the name of the service's port")
+              protocol = optional(config, :protocol, "tcp", &label!(:protocol, &1, "a protocol"))
+              "_#{port_name}._#{protocol}.#{service_name}"
+
+            :error ->
+              service_name
+          end
+
+        {query, service_name |> String.trim_trailing(".") |> String.downcase()}
+    end
+  end
+
+  defp cluster_domain_env, do: System.get_env("CLUSTER_DOMAIN", "cluster.local.")
+
+  defp required!(config, key, validate) do
+    case Keyword.fetch(config, key) do
+      {:ok, value} -> validate.(value)
+      :error -> missing!(key)
+    end
+  end
+
+  defp optional(config, key, default, validate) do
+    case Keyword.fetch(config, key) do
+      {:ok, value} -> validate.(value)
+      :error -> default
+    end
+  end
+
+  defp missing!(:application_name) do
+    raise ArgumentError,
+          ~s|missing required key :application_name: expected the nodes' base name, the part before "@" | <>
+            ~s|(a string such as "myapp"). Example: application_name: "myapp"|
+  end
+
+  defp missing!(key) when key in [:service, :namespace] do
+    raise ArgumentError,
+          "missing required key #{inspect(key)}: expected the headless service's " <>
+            "#{if key == :service, do: "name", else: "namespace"} as a string, or a full SRV name " <>
+            ~s|in :query. Example: service: "myapp-headless", namespace: "default"|
+  end
+
+  defp application_name!(name) when is_binary(name) and byte_size(name) in 1..200 do
+    if name =~ ~r/\A[A-Za-z0-9_.-]+\z/ do
+      name
+    else
+      invalid!(
+        :application_name,
+        name,
+        application_name_expectation(),
+        ~s|application_name: "myapp"|
+      )
+    end
+  end
+
+  defp application_name!(name),
+    do:
+      invalid!(
+        :application_name,
+        name,
+        application_name_expectation(),
+        ~s|application_name: "myapp"|
+      )
+
+  defp application_name_expectation,
+    do: ~s|a node base name (the part before "@") of letters, digits, "_", "-" and "."|
+
+  defp label!(key, value, what) when is_binary(value) do
+    if value =~ ~r/\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\z/ do
+      value
+    else
+      label_error!(key, value, what)
+    end
+  end
+
+  defp label!(key, value, what), do: label_error!(key, value, what)
+
+  defp label_error!(key, value, what) do
+    example =
+      case key do
+        :service -> ~s|service: "myapp-headless"|
+        :namespace -> ~s|namespace: "default"|
+        :port_name -> ~s|port_name: "epmd"|
+        :protocol -> ~s|protocol: "tcp"|
+      end
+
+    invalid!(key, value, "#{what}: one DNS label (letters, digits and inner hyphens)", example)
+  end
+
+  defp cluster_domain!(domain) when is_binary(domain) do
+    if domain =~ ~r/\A([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?\z/ do
+      domain
+    else
+      cluster_domain_error!(domain)
+    end
+  end
+
+  defp cluster_domain!(domain), do: cluster_domain_error!(domain)
+
+  defp cluster_domain_error!(domain) do
+    invalid!(
+      :cluster_domain,
+      domain,
+      "the cluster's DNS domain, with or without the trailing dot",
+      ~s|cluster_domain: "cluster.local."|
+    )
+  end
+
+  defp query_name!(query) when is_binary(query) and byte_size(query) in 1..254 do
+    if query =~ ~r/\A([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?\z/ do
+      query
+    else
+      query_error!(query)
+    end
+  end
+
+  defp query_name!(query), do: query_error!(query)
+
+  defp query_error!(query) do
+    invalid!(
+      :query,
+      query,
+      "a full SRV name (labels of letters, digits, \"-\" and \"_\")",
+      ~s|query: "_erlang._tcp.myapp.service.consul."|
+    )
+  end
+
+  defp resolver_fun!(fun) when is_function(fun, 1), do: fun
+
+  defp resolver_fun!(fun) do
+    invalid!(
+      :resolver,
+      fun,
+      "a function of one argument that takes the SRV name as a charlist and returns what " <>
+        ":inet_res.getbyname/2 returns",
+      "resolver: &:inet_res.getbyname(&1, :srv)"
+    )
+  end
+
+  defp polling_interval!(ms) when is_integer(ms) and ms > 0, do: ms
+
+  defp polling_interval!(ms),
+    do:
+      invalid!(
+        :polling_interval,
+        ms,
+        "a positive integer of milliseconds",
+        "polling_interval: 5_000"
+      )
+
+  defp node_naming!(naming) when naming in [:hostname, :ip], do: naming
+  defp node_naming!("hostname"), do: :hostname
+  defp node_naming!("ip"), do: :ip
+
+  defp node_naming!(naming) do
+    invalid!(
+      :node_naming,
+      naming,
+      ":hostname (nodes named app@<SRV target>) or :ip (nodes named app@<pod IP>)",
+      "node_naming: :hostname"
+    )
+  end
+
+  defp max_nodes!(max) when is_integer(max) and max > 0 and max <= 100_000, do: max
+
+  defp max_nodes!(max) do
+    invalid!(
+      :max_nodes,
+      max,
+      "a positive integer, at most 100000 (the most node names taken from one answer)",
+      "max_nodes: 1_000"
+    )
+  end
 
   @doc """
   Validates the options of `ClusterSRV.Resolver.new/1` and fills in the defaults.

@@ -31,7 +31,10 @@ defmodule ClusterSRV.Native do
   def resolver_new(_nameservers, _timeout_ms, _attempts), do: not_loaded()
 
   @doc false
-  def start_lookup(_resolver, _name, _tag), do: not_loaded()
+  def start_lookup(_resolver, _name, _fill_addresses, _tag), do: not_loaded()
+
+  @doc false
+  def node_names(_candidates, _basename, _domain, _naming, _max_nodes), do: not_loaded()
 
   if Mix.env() == :test do
     @doc false

@@ -98,10 +98,15 @@ defmodule ClusterSRV.Resolver do
 
   The caller blocks, but no scheduler does: the lookup runs on the native runtime while the
   caller waits in `receive`. It returns within about `timeout * attempts`.
+
+  ## Options
+
+    * `:fill_addresses` - when `true`, targets the answer carried no address for are resolved
+      (A, then AAAA), concurrently. This can double the time a lookup takes. Default `false`.
   """
-  @spec lookup(t(), String.t()) :: {:ok, [Record.t()]} | {:error, reason()}
-  def lookup(%__MODULE__{} = resolver, name) do
-    case async_lookup(resolver, name) do
+  @spec lookup(t(), String.t(), keyword()) :: {:ok, [Record.t()]} | {:error, reason()}
+  def lookup(%__MODULE__{} = resolver, name, opts \\ []) do
+    case async_lookup(resolver, name, opts) do
       {:error, reason} ->
         {:error, reason}
 
@@ -109,7 +114,7 @@ defmodule ClusterSRV.Resolver do
         receive do
           {:cluster_srv_lookup, ^ref, result} -> result
         after
-          deadline(resolver) + @reply_margin -> {:error, :timeout}
+          deadline(resolver, opts) + @reply_margin -> {:error, :timeout}
         end
     end
   end
@@ -117,35 +122,96 @@ defmodule ClusterSRV.Resolver do
   @doc """
   Starts a lookup and returns a reference at once, for callers that must stay responsive.
 
-  The calling process later receives exactly one message:
+  It takes the options of `lookup/3`. The calling process later receives exactly one message:
 
       {:cluster_srv_lookup, ref, {:ok, [%ClusterSRV.Record{}]} | {:error, reason}}
 
-  within about `timeout * attempts`. If the native runtime cannot start, it returns
-  `{:error, reason}` instead of a reference, and no message follows.
+  within `deadline/2`. If the native runtime cannot start, it returns `{:error, reason}` instead
+  of a reference, and no message follows.
   """
-  @spec async_lookup(t(), String.t()) :: reference() | {:error, reason()}
-  def async_lookup(%__MODULE__{ref: native}, name) when is_binary(name) do
+  @spec async_lookup(t(), String.t(), keyword()) :: reference() | {:error, reason()}
+  def async_lookup(resolver, name, opts \\ [])
+
+  def async_lookup(%__MODULE__{ref: native}, name, opts) when is_binary(name) do
     ref = make_ref()
 
-    case Native.start_lookup(native, name, ref) do
+    case Native.start_lookup(native, name, fill_addresses?(opts), ref) do
       :ok -> ref
       {:error, reason} -> {:error, reason}
     end
   end
 
-  def async_lookup(%__MODULE__{}, name) do
+  def async_lookup(%__MODULE__{}, name, _opts) do
     raise ArgumentError, "expected the name to look up as a string, got: #{inspect(name)}"
   end
 
   @doc """
-  The longest a lookup takes before it gives `{:error, :timeout}`, in milliseconds.
+  Turns the targets of `records` into node names, validating each.
 
-      iex> ClusterSRV.Resolver.deadline(%ClusterSRV.Resolver{ref: nil, nameservers: [], timeout: 500, attempts: 3})
-      1600
+  A target becomes the node name `application_name@target` (or `application_name@address` with
+  `node_naming: :ip`) only when it is a valid host name (labels of letters, digits and hyphens,
+  at most 63 octets each and 253 in all), lies strictly under `:domain` when one is given, and
+  the name fits in an atom. Duplicates are kept once, in answer order, and at most `:max_nodes`
+  names are accepted. Atoms are made only for accepted names.
+
+  Options: `:application_name` (required), `:domain` (default `nil`: any domain),
+  `:node_naming` (`:hostname` or `:ip`, default `:hostname`), `:max_nodes` (default `1_000`).
+
+  Each rejected target comes back with one of these reasons: `:no_service` (the root target
+  `.`), `:invalid_hostname`, `:too_long`, `:outside_domain`, `:service_itself` (the target is
+  the service's own name: the service is not headless), `:no_address` (`:ip` naming and no
+  address), `:over_max_nodes`.
+
+      iex> records = [
+      ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
+      ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4369, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
+      ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "my_app.example.com"}
+      ...> ]
+      iex> ClusterSRV.Resolver.node_names(records,
+      ...>   application_name: "myapp",
+      ...>   domain: "myapp-headless.default.svc.cluster.local"
+      ...> )
+      {:ok, %{nodes: [:"myapp@myapp-0.myapp-headless.default.svc.cluster.local"],
+              rejected: [{"my_app.example.com", :invalid_hostname}]}}
   """
-  @spec deadline(t()) :: pos_integer()
-  def deadline(%__MODULE__{timeout: timeout, attempts: attempts}), do: timeout * attempts + 100
+  @spec node_names([Record.t()], keyword()) ::
+          {:ok, %{nodes: [node()], rejected: [{String.t(), atom()}]}} | {:error, reason()}
+  def node_names(records, opts) do
+    candidates =
+      for %Record{target: target, addresses: addresses} <- records, do: {target, addresses}
+
+    result =
+      Native.node_names(
+        candidates,
+        Keyword.fetch!(opts, :application_name),
+        Keyword.get(opts, :domain),
+        Keyword.get(opts, :node_naming, :hostname),
+        Keyword.get(opts, :max_nodes, 1_000)
+      )
+
+    case result do
+      {:ok, {nodes, rejected}} -> {:ok, %{nodes: nodes, rejected: rejected}}
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  @doc """
+  The longest a lookup takes before it gives `{:error, :timeout}`, in milliseconds, for the
+  options of `lookup/3`.
+
+      iex> resolver = %ClusterSRV.Resolver{ref: nil, nameservers: [], timeout: 500, attempts: 3}
+      iex> ClusterSRV.Resolver.deadline(resolver)
+      1600
+      iex> ClusterSRV.Resolver.deadline(resolver, fill_addresses: true)
+      3200
+  """
+  @spec deadline(t(), keyword()) :: pos_integer()
+  def deadline(%__MODULE__{timeout: timeout, attempts: attempts}, opts \\ []) do
+    phases = if fill_addresses?(opts), do: 2, else: 1
+    phases * (timeout * attempts + 100)
+  end
+
+  defp fill_addresses?(opts), do: Keyword.get(opts, :fill_addresses, false) == true
 
   defimpl Inspect do
     def inspect(resolver, _opts) do

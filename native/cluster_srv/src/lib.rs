@@ -18,6 +18,7 @@ mod nif {
     };
 
     use crate::error::{panic_message, Error};
+    use crate::names::{self, Candidate, Naming, Rules};
     use crate::resolver::{self, Options, SrvRecord, SrvResolver};
 
     mod atoms {
@@ -35,6 +36,7 @@ mod nif {
             addresses,
             nif,
             task,
+            ip,
         }
     }
 
@@ -119,19 +121,115 @@ mod nif {
         env: Env<'a>,
         resource: ResourceArc<ResolverResource>,
         name: Binary<'a>,
+        fill_addresses: bool,
         tag: Term<'a>,
     ) -> Term<'a> {
         guarded(env, || {
             let name = String::from_utf8(name.as_slice().to_vec());
             spawn_reply(env, tag, async move {
                 match name {
-                    Ok(name) => resource.resolver.lookup(&name).await,
+                    Ok(name) => resource.resolver.lookup(&name, fill_addresses).await,
                     Err(error) => Err(Error::InvalidName(
                         String::from_utf8_lossy(error.as_bytes()).into_owned(),
                     )),
                 }
             })
         })
+    }
+
+    /// An address as `:inet` writes it: `{a, b, c, d}` or `{a, b, c, d, e, f, g, h}`.
+    struct IpArg(IpAddr);
+
+    impl<'a> Decoder<'a> for IpArg {
+        fn decode(term: Term<'a>) -> NifResult<Self> {
+            let parts = rustler::types::tuple::get_tuple(term)?;
+            match parts.len() {
+                4 => {
+                    let mut octets = [0u8; 4];
+                    for (octet, part) in octets.iter_mut().zip(&parts) {
+                        *octet = part.decode()?;
+                    }
+                    Ok(IpArg(IpAddr::from(octets)))
+                }
+                8 => {
+                    let mut segments = [0u16; 8];
+                    for (segment, part) in segments.iter_mut().zip(&parts) {
+                        *segment = part.decode()?;
+                    }
+                    Ok(IpArg(IpAddr::from(segments)))
+                }
+                _ => Err(rustler::Error::BadArg),
+            }
+        }
+    }
+
+    /// Validates targets into node names; see `names::node_names`. Takes `[{target, addresses}]`
+    /// and returns `{:ok, {node_atoms, [{target, reason}]}}`. Atoms are made only for accepted
+    /// names, after the cap, so DNS data can never add more than `max_nodes` atoms per call.
+    #[rustler::nif]
+    fn node_names<'a>(
+        env: Env<'a>,
+        candidates: Vec<(Binary<'a>, Vec<IpArg>)>,
+        basename: String,
+        domain: Option<String>,
+        naming: Atom,
+        max_nodes: usize,
+    ) -> Term<'a> {
+        guarded(env, || {
+            let naming = if naming == atoms::ip() {
+                Naming::Ip
+            } else {
+                Naming::Hostname
+            };
+            let rules = Rules {
+                basename,
+                domain,
+                naming,
+                max_nodes,
+            };
+            let addresses: Vec<Vec<IpAddr>> = candidates
+                .iter()
+                .map(|(_, ips)| ips.iter().map(|ip| ip.0).collect())
+                .collect();
+            let outcome = names::node_names(
+                candidates
+                    .iter()
+                    .zip(&addresses)
+                    .map(|((target, _), addresses)| Candidate {
+                        target: target.as_slice(),
+                        addresses,
+                    }),
+                &rules,
+            );
+            let mut accepted = Vec::with_capacity(outcome.names.len());
+            for name in &outcome.names {
+                match Atom::from_str(env, name) {
+                    Ok(atom) => accepted.push(atom),
+                    Err(_) => {
+                        let message = format!("cannot make an atom of the validated name {name:?}");
+                        return (atoms::error(), Error::Io(message)).encode(env);
+                    }
+                }
+            }
+            let rejected: NifResult<Vec<(&str, Atom)>> = outcome
+                .rejected
+                .iter()
+                .map(|(target, reason)| Ok((target.as_str(), rejection_atom(env, *reason)?)))
+                .collect();
+            match rejected {
+                Ok(rejected) => (atoms::ok(), (accepted, rejected)).encode(env),
+                Err(_) => (
+                    atoms::error(),
+                    Error::Io("cannot encode a rejection".into()),
+                )
+                    .encode(env),
+            }
+        })
+    }
+
+    // The reasons are a closed set of our own words, never DNS data.
+    fn rejection_atom(env: Env<'_>, reason: names::Rejection) -> NifResult<Atom> {
+        Atom::from_str(env, reason.as_str())
     }
 
     /// Runs `work` on the shared runtime and sends its result to the caller, tagged with `tag`.

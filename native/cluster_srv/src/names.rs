@@ -1,6 +1,20 @@
-//! From SRV targets to names: normalisation, and (later) validation into node names.
+//! From SRV targets to node names: normalisation, validation, de-duplication and the cap.
+//!
+//! Nothing here trusts DNS: a target becomes a node name only when it is a valid host name, lies
+//! where the rules say it must, and fits in an atom. Only the names accepted here ever become
+//! atoms, and at most `max_nodes` of them per answer.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
 
 use hickory_resolver::proto::rr::Name;
+
+/// The longest atom the VM accepts, in characters; node names are atoms.
+pub const MAX_ATOM_LENGTH: usize = 255;
+/// The longest host name, in octets of its text form.
+pub const MAX_HOSTNAME_LENGTH: usize = 253;
+/// The longest label of a host name.
+pub const MAX_LABEL_LENGTH: usize = 63;
 
 /// The target in its canonical text form: lowercase, with no trailing dot.
 ///
@@ -28,10 +42,188 @@ pub fn normalize_target(target: &Name) -> String {
     text
 }
 
+/// How node names are formed from targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `app@target`, for nodes named after their host name.
+    Hostname,
+    /// `app@address`, for nodes named after their IP (`app@$(POD_IP)`).
+    Ip,
+}
+
+/// Why a target gave no node name. The set is closed, so reasons are safe to make atoms of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The root target `.`, which RFC 2782 uses to say "no service here".
+    NoService,
+    /// Not a host name: a byte outside `[a-z0-9-]`, an empty label, or a label over 63 octets.
+    InvalidHostname,
+    /// Over 253 octets, or the node name would be over 255 characters.
+    TooLong,
+    /// Not under the service's domain.
+    OutsideDomain,
+    /// The service's own name: the service is not headless, so DNS lists it, not its pods.
+    ServiceItself,
+    /// `Naming::Ip`, and the answer gave the target no address.
+    NoAddress,
+    /// Valid, but past `max_nodes` distinct names in this answer.
+    OverMaxNodes,
+}
+
+impl Rejection {
+    /// The reason as the snake_case word Elixir sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::NoService => "no_service",
+            Rejection::InvalidHostname => "invalid_hostname",
+            Rejection::TooLong => "too_long",
+            Rejection::OutsideDomain => "outside_domain",
+            Rejection::ServiceItself => "service_itself",
+            Rejection::NoAddress => "no_address",
+            Rejection::OverMaxNodes => "over_max_nodes",
+        }
+    }
+}
+
+/// What a node name must satisfy.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The node's base name, the part before `@`.
+    pub basename: String,
+    /// When set, every target must be a host strictly under this domain (lowercase, no dot at
+    /// the end), as pods are under their headless service.
+    pub domain: Option<String>,
+    pub naming: Naming,
+    pub max_nodes: usize,
+}
+
+/// One SRV target and the addresses the answer gave for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub target: &'a [u8],
+    pub addresses: &'a [IpAddr],
+}
+
+/// The accepted node names, in answer order, and each rejected target with its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub names: Vec<String>,
+    pub rejected: Vec<(String, Rejection)>,
+}
+
+/// Turns targets into node names under `rules`.
+pub fn node_names<'a>(
+    candidates: impl IntoIterator<Item = Candidate<'a>>,
+    rules: &Rules,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for candidate in candidates {
+        let target = canonical(candidate.target);
+        let name = check_target(&target, rules).and_then(|host| {
+            let host = match rules.naming {
+                Naming::Hostname => host.to_string(),
+                Naming::Ip => address_host(candidate.addresses).ok_or(Rejection::NoAddress)?,
+            };
+            let name = format!("{}@{}", rules.basename, host);
+            if name.len() > MAX_ATOM_LENGTH {
+                Err(Rejection::TooLong)
+            } else {
+                Ok(name)
+            }
+        });
+        match name {
+            // CoreDNS sends one record per port, so the same name comes again: keep it once.
+            Ok(name) if seen.contains(&name) => {}
+            Ok(_) if outcome.names.len() >= rules.max_nodes => {
+                outcome.rejected.push((target, Rejection::OverMaxNodes));
+            }
+            Ok(name) => {
+                seen.insert(name.clone());
+                outcome.names.push(name);
+            }
+            Err(reason) => outcome.rejected.push((target, reason)),
+        }
+    }
+    outcome
+}
+
+/// Lowercase, without one trailing dot, and as text (invalid UTF-8 is kept visible, lossily).
+fn canonical(target: &[u8]) -> String {
+    let trimmed = target.strip_suffix(b".").unwrap_or(target);
+    String::from_utf8_lossy(trimmed).to_ascii_lowercase()
+}
+
+fn check_target<'t>(target: &'t str, rules: &Rules) -> Result<&'t str, Rejection> {
+    if target.is_empty() {
+        return Err(Rejection::NoService);
+    }
+    if target.len() > MAX_HOSTNAME_LENGTH {
+        return Err(Rejection::TooLong);
+    }
+    if !is_hostname(target) {
+        return Err(Rejection::InvalidHostname);
+    }
+    if let Some(domain) = &rules.domain {
+        if target == domain {
+            return Err(Rejection::ServiceItself);
+        }
+        let under = target
+            .strip_suffix(domain.as_str())
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.'));
+        if !under {
+            return Err(Rejection::OutsideDomain);
+        }
+    }
+    Ok(target)
+}
+
+/// Labels of `[a-z0-9-]`, each 1 to 63 octets. The text is already lowercase.
+fn is_hostname(text: &str) -> bool {
+    text.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= MAX_LABEL_LENGTH
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+    })
+}
+
+/// The address a node named after its IP would use: the first IPv4, else the first IPv6.
+fn address_host(addresses: &[IpAddr]) -> Option<String> {
+    addresses
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| addresses.first())
+        .map(|ip| ip.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
     use std::str::FromStr;
+
+    const DOMAIN: &str = "myapp-headless.default.svc.cluster.local";
+
+    fn rules() -> Rules {
+        Rules {
+            basename: "myapp".to_string(),
+            domain: Some(DOMAIN.to_string()),
+            naming: Naming::Hostname,
+            max_nodes: 1_000,
+        }
+    }
+
+    fn run(targets: &[&str], rules: &Rules) -> Outcome {
+        node_names(
+            targets.iter().map(|target| Candidate {
+                target: target.as_bytes(),
+                addresses: &[],
+            }),
+            rules,
+        )
+    }
 
     #[test]
     fn targets_are_lowercased_without_the_trailing_dot() {
@@ -53,5 +245,185 @@ mod tests {
         assert_eq!(normalize_target(&name), "a\\032b.example");
         let name = Name::from_labels(vec![&b"a.b\\\xc3"[..], &b"x"[..]]).unwrap();
         assert_eq!(normalize_target(&name), "a\\046b\\092\\195.x");
+    }
+
+    #[test]
+    fn a_pod_target_becomes_app_at_target() {
+        let outcome = run(
+            &["MyApp-0.MyApp-Headless.default.svc.cluster.local."],
+            &rules(),
+        );
+        assert_eq!(outcome.names, [format!("myapp@myapp-0.{DOMAIN}")]);
+        assert!(outcome.rejected.is_empty());
+    }
+
+    #[test]
+    fn duplicates_from_several_ports_are_kept_once() {
+        let target = format!("myapp-0.{DOMAIN}");
+        let upper = target.to_uppercase();
+        let outcome = run(&[&target, &target, &upper, &format!("{target}.")], &rules());
+        assert_eq!(outcome.names.len(), 1);
+        assert!(outcome.rejected.is_empty());
+    }
+
+    #[test]
+    fn bytes_outside_letters_digits_and_hyphen_are_refused() {
+        for bad in [
+            "my_app-0",
+            "my app",
+            "a@b",
+            "nul\0",
+            "caf\u{e9}",
+            "a\\032b",
+            "*",
+        ] {
+            let outcome = run(&[&format!("{bad}.{DOMAIN}")], &rules());
+            assert_eq!(outcome.names, Vec::<String>::new(), "{bad:?} was accepted");
+            assert_eq!(outcome.rejected[0].1, Rejection::InvalidHostname, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn label_and_name_lengths_are_bounded() {
+        let label_64 = "a".repeat(64);
+        let outcome = run(&[&format!("{label_64}.{DOMAIN}")], &rules());
+        assert_eq!(outcome.rejected[0].1, Rejection::InvalidHostname);
+
+        let label_63 = "a".repeat(63);
+        let outcome = run(&[&format!("{label_63}.{DOMAIN}")], &rules());
+        assert_eq!(outcome.names.len(), 1);
+
+        let long = format!("{0}.{0}.{0}.{0}.{DOMAIN}", "b".repeat(63));
+        assert!(long.len() > MAX_HOSTNAME_LENGTH);
+        assert_eq!(run(&[&long], &rules()).rejected[0].1, Rejection::TooLong);
+    }
+
+    #[test]
+    fn a_node_name_longer_than_an_atom_is_refused() {
+        let mut rules = rules();
+        rules.domain = None;
+        rules.basename = "n".repeat(40);
+        let host = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(60),
+            "b".repeat(60),
+            "c".repeat(60),
+            "d".repeat(60)
+        );
+        assert!(host.len() <= MAX_HOSTNAME_LENGTH);
+        assert_eq!(run(&[&host], &rules).rejected[0].1, Rejection::TooLong);
+    }
+
+    #[test]
+    fn targets_must_lie_strictly_under_the_service_domain() {
+        let outcome = run(
+            &[
+                "myapp-0.other.default.svc.cluster.local",
+                "evil.example.com",
+                "xmyapp-headless.default.svc.cluster.local",
+                DOMAIN,
+            ],
+            &rules(),
+        );
+        let reasons: Vec<Rejection> = outcome.rejected.iter().map(|(_, reason)| *reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                Rejection::OutsideDomain,
+                Rejection::OutsideDomain,
+                Rejection::OutsideDomain,
+                Rejection::ServiceItself
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_domain_any_valid_host_is_accepted() {
+        let mut rules = rules();
+        rules.domain = None;
+        let outcome = run(&["node-1.service.consul.", "host"], &rules);
+        assert_eq!(outcome.names, ["myapp@node-1.service.consul", "myapp@host"]);
+    }
+
+    #[test]
+    fn the_root_target_means_no_service() {
+        let outcome = run(&["."], &rules());
+        assert_eq!(outcome.rejected, [(String::new(), Rejection::NoService)]);
+    }
+
+    #[test]
+    fn at_most_max_nodes_names_are_accepted() {
+        let mut rules = rules();
+        rules.max_nodes = 2;
+        let targets: Vec<String> = (0..5).map(|i| format!("myapp-{i}.{DOMAIN}")).collect();
+        let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let outcome = run(&refs, &rules);
+        assert_eq!(outcome.names.len(), 2);
+        assert_eq!(outcome.rejected.len(), 3);
+        assert!(outcome
+            .rejected
+            .iter()
+            .all(|(_, reason)| *reason == Rejection::OverMaxNodes));
+    }
+
+    #[test]
+    fn ip_naming_prefers_ipv4_and_needs_an_address() {
+        let mut rules = rules();
+        rules.naming = Naming::Ip;
+        let both = [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::new(10, 1, 0, 95)),
+        ];
+        let v6 = [IpAddr::V6("fd00::a".parse().unwrap())];
+        let a = format!("a.{DOMAIN}");
+        let b = format!("b.{DOMAIN}");
+        let c = format!("c.{DOMAIN}");
+        let outcome = node_names(
+            [
+                Candidate {
+                    target: a.as_bytes(),
+                    addresses: &both,
+                },
+                Candidate {
+                    target: b.as_bytes(),
+                    addresses: &v6,
+                },
+                Candidate {
+                    target: c.as_bytes(),
+                    addresses: &[],
+                },
+            ],
+            &rules,
+        );
+        assert_eq!(outcome.names, ["myapp@10.1.0.95", "myapp@fd00::a"]);
+        assert_eq!(outcome.rejected, [(c, Rejection::NoAddress)]);
+    }
+
+    #[test]
+    fn ip_naming_still_checks_the_target() {
+        let mut rules = rules();
+        rules.naming = Naming::Ip;
+        let ip = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let outcome = node_names(
+            [Candidate {
+                target: b"evil.example.com",
+                addresses: &ip,
+            }],
+            &rules,
+        );
+        assert_eq!(outcome.rejected[0].1, Rejection::OutsideDomain);
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_and_reported_readably() {
+        let outcome = node_names(
+            [Candidate {
+                target: b"\xff\xfe.myapp-headless.default.svc.cluster.local",
+                addresses: &[],
+            }],
+            &rules(),
+        );
+        assert_eq!(outcome.rejected[0].1, Rejection::InvalidHostname);
+        assert!(outcome.rejected[0].0.starts_with('\u{fffd}'));
     }
 }

@@ -159,22 +159,63 @@ impl SrvResolver {
     }
 
     /// Looks up the SRV records of `name`. A trailing dot makes the name absolute.
-    pub async fn lookup(&self, name: &str) -> Result<Vec<SrvRecord>, Error> {
+    ///
+    /// With `fill_addresses`, targets the answer gave no address for are resolved (A, then
+    /// AAAA), concurrently and within a second deadline of the same length.
+    pub async fn lookup(&self, name: &str, fill_addresses: bool) -> Result<Vec<SrvRecord>, Error> {
         let query = parse_query_name(name)?;
         let lookup = tokio::time::timeout(self.deadline, self.inner.lookup(query, RecordType::SRV))
             .await
             .map_err(|_| Error::Timeout)?
             .map_err(map_error)?;
-        let records = records_from_lookup(&lookup);
+        let mut records = records_from_lookup(&lookup);
         if records.is_empty() {
-            Err(Error::NoRecords)
-        } else {
-            Ok(records)
+            return Err(Error::NoRecords);
+        }
+        if fill_addresses {
+            self.fill_addresses(&mut records).await;
+        }
+        Ok(records)
+    }
+
+    /// Resolves the addresses of targets that have none. A target that cannot be resolved keeps
+    /// an empty list: the caller decides what a missing address means.
+    async fn fill_addresses(&self, records: &mut [SrvRecord]) {
+        let mut missing: Vec<String> = records
+            .iter()
+            .filter(|record| record.addresses.is_empty())
+            .map(|record| record.target.clone())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        let lookups = missing.into_iter().map(|target| async move {
+            let addresses = match Name::from_ascii(format!("{target}.")) {
+                Ok(name) => {
+                    match tokio::time::timeout(self.deadline, self.inner.lookup_ip(name)).await {
+                        Ok(Ok(found)) => found.iter().collect(),
+                        _ => Vec::new(),
+                    }
+                }
+                Err(_) => Vec::new(),
+            };
+            (target, addresses)
+        });
+        let found: std::collections::HashMap<String, Vec<IpAddr>> =
+            futures_util::future::join_all(lookups)
+                .await
+                .into_iter()
+                .collect();
+        for record in records
+            .iter_mut()
+            .filter(|record| record.addresses.is_empty())
+        {
+            if let Some(addresses) = found.get(&record.target) {
+                record.addresses.clone_from(addresses);
+            }
         }
     }
 }
 
-/// Our servers only: no search list, so a name resolves as written.
 fn explicit_config(nameservers: &[SocketAddr]) -> (ResolverConfig, ResolverOpts) {
     let servers = nameservers.iter().map(nameserver_config).collect();
     (

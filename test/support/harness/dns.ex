@@ -178,15 +178,19 @@ defmodule ClusterSRV.Harness.DNS do
     end
   end
 
+  # One update message holds at most 64 KB; a large change goes in several, in order. Small
+  # changes (a pod or two) stay one atomic update, as the endpoints controller's would be.
+  @lines_per_update 300
+
   defp nsupdate!(state, lines) do
     script = Path.join(state.dir, "update-#{System.unique_integer([:positive])}.txt")
 
-    File.write!(script, """
-    server 127.0.0.1 #{state.port}
-    zone #{Zone.domain()}
-    #{Enum.join(lines, "\n")}
-    send
-    """)
+    updates =
+      lines
+      |> Enum.chunk_every(@lines_per_update)
+      |> Enum.map_join("", fn chunk -> Enum.join(chunk, "\n") <> "\nsend\n" end)
+
+    File.write!(script, "server 127.0.0.1 #{state.port}\nzone #{Zone.domain()}\n" <> updates)
 
     case System.cmd("nsupdate", ["-t", "5", script], stderr_to_stdout: true) do
       {_, 0} ->
@@ -194,7 +198,7 @@ defmodule ClusterSRV.Harness.DNS do
         :ok
 
       {output, status} ->
-        raise "nsupdate failed (#{status}): #{output}\n#{File.read!(script)}"
+        raise "nsupdate failed (#{status}): #{String.slice(output, 0, 500)} (script: #{script})"
     end
   end
 

@@ -1,0 +1,655 @@
+defmodule :telemetry do
+  @moduledoc false
+  # A stand-in for the telemetry library, which only hex carries. It routes each event to the
+  # test that registered the event's topology; the strategy calls it as it would the real one.
+  def execute(event, measurements, metadata) do
+    case :persistent_term.get({:telemetry_stand_in, metadata[:topology]}, nil) do
+      nil -> :ok
+      pid -> send(pid, {:telemetry, event, measurements, metadata})
+    end
+
+    :ok
+  end
+end
+
+defmodule ClusterSRV.StrategyTest do
+  # Unit tests: DNS is a `resolver` function the test controls, and the connect, disconnect and
+  # list_nodes MFAs are probes that report every call. Real DNS and real nodes are in
+  # test/integration.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureLog
+
+  alias ClusterSRV.Harness.Probe
+  alias ClusterSRV.Strategy
+
+  @domain "myapp-headless.default.svc.cluster.local"
+  @interval 100
+
+  defp node_name(i), do: :"myapp@myapp-#{i}.#{@domain}"
+  defp target(i), do: "myapp-#{i}.#{@domain}"
+
+  defp hostent(targets) do
+    entries = for t <- targets, do: {0, 33, 4370, String.to_charlist(t)}
+    {:ok, {:hostent, ~c"#{@domain}", [], :srv, length(entries), entries}}
+  end
+
+  # A DNS the test can change: the resolver function reports each query and answers with the
+  # Agent's current answer, which may be a function to run.
+  defp fake_dns(answer) do
+    {:ok, dns} = Agent.start_link(fn -> answer end)
+    test = self()
+
+    resolver = fn query ->
+      send(test, {:lookup, query, System.monotonic_time(:millisecond)})
+
+      case Agent.get(dns, & &1) do
+        fun when is_function(fun, 0) -> fun.()
+        answer -> answer
+      end
+    end
+
+    {dns, resolver}
+  end
+
+  defp config(resolver, extra \\ []) do
+    [
+      service: "myapp-headless",
+      namespace: "default",
+      application_name: "myapp",
+      cluster_domain: "cluster.local.",
+      polling_interval: @interval,
+      resolver: resolver
+    ] ++ extra
+  end
+
+  defp start(config, opts \\ []) do
+    probe = Probe.start!(Keyword.take(opts, [:connected, :delay, :results]))
+
+    state = %Cluster.Strategy.State{
+      topology: Keyword.get(opts, :topology, :test),
+      connect: Probe.mfa(probe, :connect),
+      disconnect: Probe.mfa(probe, :disconnect),
+      list_nodes: Probe.mfa(probe, :list_nodes),
+      config: config,
+      meta: Keyword.get(opts, :meta)
+    }
+
+    {:ok, pid} = Strategy.start_link([state])
+    {pid, probe}
+  end
+
+  defp meta(pid), do: :sys.get_state(pid).meta
+
+  # Connect jobs report back asynchronously; wait until meta settles on `expected`.
+  defp await_meta(pid, expected, tries \\ 50) do
+    case meta(pid) do
+      ^expected ->
+        expected
+
+      other when tries == 0 ->
+        flunk("meta stayed #{inspect(other)}, expected #{inspect(expected)}")
+
+      _ ->
+        Process.sleep(20)
+        await_meta(pid, expected, tries - 1)
+    end
+  end
+
+  defp drain(tag) do
+    receive do
+      {^tag, _, _} -> drain(tag) + 1
+      {^tag, _, _, _} -> drain(tag) + 1
+    after
+      0 -> 0
+    end
+  end
+
+  describe "the libcluster contract" do
+    test "child_spec/1 starts start_link with the args as given" do
+      assert %{id: Strategy, start: {Strategy, :start_link, [[:state]]}} =
+               Strategy.child_spec([:state])
+    end
+
+    test "start_link returns at once and the first lookup follows right after" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {pid, _probe} = start(config(resolver, polling_interval: 60_000))
+
+      # The query is exactly <service>.<namespace>.svc.<domain>, as a charlist.
+      assert_receive {:lookup, ~c"myapp-headless.default.svc.cluster.local.", _}, 1_000
+      assert is_pid(pid)
+    end
+
+    test "connects every listed node with the node appended to the MFA's args" do
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {pid, _probe} = start(config(resolver))
+
+      assert_receive {:probe, :connect, node0, _}, 1_000
+      assert_receive {:probe, :connect, node1, _}, 1_000
+      assert Enum.sort([node0, node1]) == [node_name(0), node_name(1)]
+      await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+    end
+
+    test "nodes already in list_nodes are not connected again" do
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {pid, _probe} = start(config(resolver), connected: [node_name(0)])
+
+      assert_receive {:probe, :connect, node, _}, 1_000
+      assert node == node_name(1)
+      refute_receive {:probe, :connect, _, _}, 3 * @interval
+      # Both are known: one was seen connected, one was connected.
+      await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+    end
+
+    test "a bad state is refused with an ArgumentError" do
+      {_dns, resolver} = fake_dns(hostent([]))
+      probe = Probe.start!()
+
+      base = %Cluster.Strategy.State{
+        topology: :t,
+        connect: Probe.mfa(probe, :connect),
+        disconnect: Probe.mfa(probe, :disconnect),
+        list_nodes: Probe.mfa(probe, :list_nodes),
+        config: config(resolver)
+      }
+
+      assert_raise ArgumentError, ~r/invalid :meta/, fn ->
+        Strategy.start_link([%{base | meta: [:a@b]}])
+      end
+
+      assert_raise ArgumentError, ~r/:connect.*NoSuch.connect\/1 is undefined/, fn ->
+        Strategy.start_link([%{base | connect: {NoSuch, :connect, []}}])
+      end
+
+      assert_raise ArgumentError, ~r/expected \[%Cluster.Strategy.State{}\]/, fn ->
+        Strategy.start_link(base)
+      end
+    end
+  end
+
+  describe "the loop" do
+    test "polls once per interval: one timer chain" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {_pid, _probe} = start(config(resolver))
+
+      assert_receive {:lookup, _, first}, 1_000
+      Process.sleep(10 * @interval)
+      count = drain(:lookup)
+
+      # Two chains (libcluster's DNSSRV) would poll about 20 times here.
+      assert count in 8..11, "#{count} lookups in 10 intervals after the first"
+      assert is_integer(first)
+    end
+
+    test "a connect that is slow does not delay the next poll" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {_pid, _probe} = start(config(resolver), delay: 20 * @interval)
+
+      assert_receive {:probe, :connect, _, _}, 1_000
+      Process.sleep(5 * @interval)
+      assert drain(:lookup) >= 4
+    end
+
+    test "answers calls while a lookup is in flight" do
+      {dns, resolver} = fake_dns(hostent([target(0)]))
+      {pid, _probe} = start(config(resolver, timeout: 5_000, attempts: 1))
+      assert_receive {:probe, :connect, _, _}, 1_000
+
+      Agent.update(dns, fn _ -> fn -> Process.sleep(3_000) && hostent([]) end end)
+      drain(:lookup)
+      # The next lookup is the one that hangs.
+      assert_receive {:lookup, _, _}, 1_000
+
+      {elapsed, state} = :timer.tc(fn -> :sys.get_state(pid, 500) end)
+      assert state.lookup != nil, "the lookup is still in flight"
+      assert elapsed < 100_000
+    end
+
+    test "a resolver that never returns is given up at the deadline, and polling goes on" do
+      {dns, resolver} = fake_dns(fn -> Process.sleep(:infinity) end)
+
+      log =
+        capture_log(fn ->
+          {pid, _probe} = start(config(resolver, timeout: 100, attempts: 1))
+          assert_receive {:lookup, _, _}, 1_000
+          # The deadline is timeout * attempts plus a margin of 1 s.
+          assert_receive {:lookup, _, _}, 2_500
+          Agent.update(dns, fn _ -> hostent([target(0)]) end)
+          assert_receive {:probe, :connect, _, _}, 3_000
+          assert Process.alive?(pid)
+        end)
+
+      assert log =~ "no answer in time"
+    end
+  end
+
+  describe "connects" do
+    test "run concurrently: slow connects all start together" do
+      targets = for i <- 0..9, do: target(i)
+      {_dns, resolver} = fake_dns(hostent(targets))
+      {_pid, _probe} = start(config(resolver, polling_interval: 60_000), delay: 1_000)
+
+      starts =
+        for _ <- 0..9 do
+          assert_receive {:probe, :connect, _node, at}, 1_000
+          at
+        end
+
+      # Ten connects of 1 s each, one at a time, would start over 9 s.
+      assert Enum.max(starts) - Enum.min(starts) < 300
+    end
+
+    test "never stack on the same node while one is in flight" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {_pid, _probe} = start(config(resolver), delay: 10 * @interval)
+
+      assert_receive {:probe, :connect, _, _}, 1_000
+      # Many polls pass while the connect hangs; none starts a second connect to it.
+      refute_receive {:probe, :connect, _, _}, 8 * @interval
+    end
+
+    test "a node that failed to connect is tried again on the next poll" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+
+      capture_log(fn ->
+        {pid, probe} = start(config(resolver), results: %{node_name(0) => false})
+        assert_receive {:probe, :connect, _, _}, 1_000
+        assert_receive {:probe, :connect, _, _}, 1_000
+        assert meta(pid) == MapSet.new()
+
+        Probe.put_result(probe, node_name(0), true)
+        assert_receive {:probe, :connect, _, _}, 1_000
+        await_meta(pid, MapSet.new([node_name(0)]))
+      end)
+    end
+
+    test "an odd return or a raise is logged, counted as a failure, and crashes nothing" do
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+      log =
+        capture_log(fn ->
+          {pid, _probe} =
+            start(config(resolver),
+              results: %{node_name(0) => {:error, :nope}, node_name(1) => :raise}
+            )
+
+          for _ <- 1..4, do: assert_receive({:probe, :connect, _, _}, 1_000)
+          assert Process.alive?(pid)
+          assert meta(pid) == MapSet.new()
+        end)
+
+      assert log =~ "the connect MFA returned {:error, :nope}"
+      assert log =~ "the connect MFA crashed"
+      # Each unreachable node is reported once at warning level, not on every poll.
+      assert length(String.split(log, "returned {:error, :nope}")) == 2
+    end
+
+    test ":ignored is libcluster's 'not part of network'" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+
+      log =
+        capture_log(fn ->
+          {pid, _probe} = start(config(resolver), results: %{node_name(0) => :ignored})
+          assert_receive {:probe, :connect, _, _}, 1_000
+          Process.sleep(@interval)
+          assert meta(pid) == MapSet.new()
+        end)
+
+      assert log =~
+               "[libcluster:test] unable to connect to #{inspect(node_name(0))}: not part of network"
+    end
+  end
+
+  describe "disconnects" do
+    test "a node a successful answer no longer lists is disconnected" do
+      {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {pid, _probe} = start(config(resolver))
+      assert_receive {:probe, :connect, _, _}, 1_000
+      assert_receive {:probe, :connect, _, _}, 1_000
+
+      Agent.update(dns, fn _ -> hostent([target(0)]) end)
+      assert_receive {:probe, :disconnect, node, _}, 1_000
+      assert node == node_name(1)
+      await_meta(pid, MapSet.new([node_name(0)]))
+    end
+
+    test "nodes in the initial meta that DNS does not list are disconnected" do
+      stale = :"myapp@myapp-9.#{@domain}"
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {_pid, _probe} = start(config(resolver), meta: MapSet.new([stale]), connected: [stale])
+      assert_receive {:probe, :disconnect, ^stale, _}, 1_000
+    end
+
+    test "a connected node that was never in meta is left alone" do
+      other = :"other@somewhere.example"
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {_pid, _probe} = start(config(resolver), connected: [other])
+      assert_receive {:probe, :connect, _, _}, 1_000
+      refute_receive {:probe, :disconnect, _, _}, 3 * @interval
+    end
+
+    for {label, failure} <- [
+          timeout: {:error, :timeout},
+          servfail: {:error, :servfail},
+          refused: {:error, :refused},
+          nxdomain: {:error, :nxdomain},
+          io_error: {:error, {:io, "network is unreachable"}},
+          empty_answer: {:ok, {:hostent, ~c"x", [], :srv, 0, []}},
+          only_invalid_targets: :invalid,
+          garbage: {:ok, :garbage},
+          raise: :raise
+        ] do
+      test "a failed lookup (#{label}) disconnects no one" do
+        {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+        log =
+          capture_log(fn ->
+            {pid, _probe} = start(config(resolver))
+            assert_receive {:probe, :connect, _, _}, 1_000
+            assert_receive {:probe, :connect, _, _}, 1_000
+            known = await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+
+            failure =
+              case unquote(Macro.escape(failure)) do
+                :invalid -> hostent(["my_app-0.#{@domain}", "evil.example.com"])
+                :raise -> fn -> raise "resolver blew up" end
+                other -> other
+              end
+
+            Agent.update(dns, fn _ -> failure end)
+            drain(:lookup)
+            for _ <- 1..4, do: assert_receive({:lookup, _, _}, 1_000)
+
+            refute_received {:probe, :disconnect, _, _}
+            assert meta(pid) == known
+          end)
+
+        # Logged once when it starts, not on every poll.
+        assert length(Regex.scan(~r/lookup of \S+ (failed|now fails)/, log)) == 1
+      end
+    end
+
+    test "recovery after a failure is logged once, and changes resume" do
+      {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+      log =
+        capture_log(fn ->
+          {_pid, _probe} = start(config(resolver))
+          assert_receive {:probe, :connect, _, _}, 1_000
+          assert_receive {:probe, :connect, _, _}, 1_000
+          Agent.update(dns, fn _ -> {:error, :servfail} end)
+          for _ <- 1..3, do: assert_receive({:lookup, _, _}, 1_000)
+          Agent.update(dns, fn _ -> hostent([target(0)]) end)
+          assert_receive {:probe, :disconnect, _, _}, 1_000
+        end)
+
+      assert log =~ "the server answered SERVFAIL"
+      assert log =~ ~r/succeeded again after \d+ failed polls/
+    end
+  end
+
+  describe "node names" do
+    test "targets are lowercased, stripped of the dot, and de-duplicated" do
+      upper = String.upcase(target(0)) <> "."
+      {_dns, resolver} = fake_dns(hostent([upper, target(0), target(0) <> "."]))
+      {pid, _probe} = start(config(resolver))
+
+      assert_receive {:probe, :connect, node, _}, 1_000
+      assert node == node_name(0)
+      refute_receive {:probe, :connect, _, _}, 2 * @interval
+      await_meta(pid, MapSet.new([node_name(0)]))
+    end
+
+    test "invalid targets make no atom and are logged once per reason" do
+      fresh = fn -> "x#{System.unique_integer([:positive])}" end
+      # Warm up the code paths (and their atoms) before counting.
+      {dns, resolver} = fake_dns(hostent([target(0), "a_b.#{@domain}", "#{fresh.()}.evil.test"]))
+
+      log =
+        capture_log(fn ->
+          {_pid, _probe} = start(config(resolver))
+          assert_receive {:probe, :connect, _, _}, 1_000
+          Process.sleep(2 * @interval)
+          before = :erlang.system_info(:atom_count)
+
+          for _ <- 1..5 do
+            bad = [
+              "#{fresh.()}_x.#{@domain}",
+              "#{fresh.()}.evil.test",
+              "#{String.duplicate("a", 64)}#{fresh.()}.#{@domain}",
+              "#{fresh.()} x.#{@domain}"
+            ]
+
+            Agent.update(dns, fn _ -> hostent([target(0) | bad]) end)
+            assert_receive {:lookup, _, _}, 1_000
+            assert_receive {:lookup, _, _}, 1_000
+          end
+
+          assert :erlang.system_info(:atom_count) == before
+        end)
+
+      assert length(Regex.scan(~r/not a valid host name/, log)) == 1
+      assert length(Regex.scan(~r/not under the service's domain/, log)) == 1
+    end
+
+    test "at most max_nodes names are taken from one answer" do
+      targets = for i <- 0..9, do: target(i)
+      {_dns, resolver} = fake_dns(hostent(targets))
+
+      log =
+        capture_log(fn ->
+          {pid, _probe} = start(config(resolver, max_nodes: 3))
+          for _ <- 1..3, do: assert_receive({:probe, :connect, _, _}, 1_000)
+          refute_receive {:probe, :connect, _, _}, 2 * @interval
+          assert MapSet.size(meta(pid)) == 3
+        end)
+
+      assert log =~ "more than max_nodes (3)"
+    end
+
+    test "node_naming: :ip names nodes after the addresses" do
+      {_dns, resolver} = fake_dns(hostent(["localhost"]))
+
+      {_pid, _probe} =
+        start(config(resolver, node_naming: :ip, query: "x.test.") |> drop_service())
+
+      assert_receive {:probe, :connect, :"myapp@127.0.0.1", _}, 2_000
+    end
+  end
+
+  describe "config" do
+    test "a missing key fails the start with an ArgumentError, never a KeyError" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      for key <- [:service, :namespace, :application_name] do
+        error = assert_raise ArgumentError, fn -> start(Keyword.delete(config(resolver), key)) end
+        assert error.message =~ "missing required key #{inspect(key)}"
+        assert error.message =~ "Example:"
+      end
+    end
+
+    test "a bad value names the key, the value and what is expected" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      for {key, bad, expected} <- [
+            {:polling_interval, "5s", "a positive integer of milliseconds"},
+            {:service, "my_service", "one DNS label"},
+            {:namespace, 42, "one DNS label"},
+            {:application_name, "my app", "a node base name"},
+            {:resolver, &Map.get/2, "a function of one argument"},
+            {:node_naming, :fqdn, ":hostname"},
+            {:max_nodes, 0, "a positive integer"},
+            {:timeout, -5, "a positive integer of milliseconds"},
+            {:nameservers, ["dns:53"], "is not a nameserver"},
+            {:cluster_domain, "bad domain", "the cluster's DNS domain"}
+          ] do
+        error =
+          assert_raise ArgumentError, fn -> start(Keyword.put(config(resolver), key, bad)) end
+
+        assert error.message =~ inspect(key), "#{key}: #{error.message}"
+        assert error.message =~ inspect(bad), "#{key}: #{error.message}"
+        assert error.message =~ expected, "#{key}: #{error.message}"
+      end
+    end
+
+    test ":query cannot be combined with :service" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      error =
+        assert_raise ArgumentError, fn -> start(config(resolver, query: "_x._tcp.example.")) end
+
+      assert error.message =~ ":service cannot be combined with :query"
+    end
+
+    test "an unknown key is logged as a likely typo" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+
+      log =
+        capture_log(fn ->
+          start(config(resolver, polling_intervall: 1_000))
+          assert_receive {:lookup, _, _}, 1_000
+        end)
+
+      assert log =~ "[libcluster:test] unknown config key :polling_intervall is ignored"
+    end
+
+    test "port_name queries the _port._proto name; query asks its own name" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      capture_log(fn ->
+        start(config(resolver, port_name: "epmd"))
+
+        assert_receive {:lookup, ~c"_epmd._tcp.myapp-headless.default.svc.cluster.local.", _},
+                       1_000
+
+        start(config(resolver, query: "_erlang._tcp.myapp.service.consul.") |> drop_service())
+        assert_receive {:lookup, ~c"_erlang._tcp.myapp.service.consul.", _}, 1_000
+      end)
+    end
+
+    test "CLUSTER_DOMAIN sets the domain when cluster_domain is not given" do
+      {_dns, resolver} = fake_dns(hostent([]))
+      previous = System.get_env("CLUSTER_DOMAIN")
+      System.put_env("CLUSTER_DOMAIN", "example.internal.")
+
+      try do
+        capture_log(fn ->
+          start(Keyword.delete(config(resolver), :cluster_domain))
+          assert_receive {:lookup, ~c"myapp-headless.default.svc.example.internal.", _}, 1_000
+        end)
+      after
+        if previous,
+          do: System.put_env("CLUSTER_DOMAIN", previous),
+          else: System.delete_env("CLUSTER_DOMAIN")
+      end
+    end
+  end
+
+  describe "logs" do
+    test "debug lines appear only with config :libcluster, debug: true" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+
+      quiet =
+        capture_log([level: :debug], fn ->
+          start(config(resolver))
+          assert_receive {:lookup, _, _}, 1_000
+          assert_receive {:lookup, _, _}, 1_000
+        end)
+
+      refute quiet =~ "DNS lists"
+
+      Application.put_env(:libcluster, :debug, true)
+
+      try do
+        loud =
+          capture_log([level: :debug], fn ->
+            start(config(resolver))
+            assert_receive {:lookup, _, _}, 1_000
+            assert_receive {:lookup, _, _}, 1_000
+            Process.sleep(50)
+          end)
+
+        assert loud =~ "[libcluster:test] DNS lists 1 nodes"
+      after
+        Application.delete_env(:libcluster, :debug)
+      end
+    end
+  end
+
+  describe "telemetry" do
+    setup do
+      topology = :"telemetry_#{System.unique_integer([:positive])}"
+      :persistent_term.put({:telemetry_stand_in, topology}, self())
+      on_exit(fn -> :persistent_term.erase({:telemetry_stand_in, topology}) end)
+      %{topology: topology}
+    end
+
+    test "emits libcluster's connect events and a lookup event", %{topology: topology} do
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+      capture_log(fn ->
+        start(config(resolver), topology: topology, results: %{node_name(1) => false})
+
+        assert_receive {:telemetry, [:libcluster, :connect_node, :ok], %{duration: duration},
+                        %{node: node0, topology: ^topology}},
+                       1_000
+
+        assert is_integer(duration) and node0 == node_name(0)
+
+        assert_receive {:telemetry, [:libcluster, :connect_node, :error], measurements,
+                        %{node: node1, topology: ^topology, reason: :unreachable}},
+                       1_000
+
+        assert measurements == %{} and node1 == node_name(1)
+
+        assert_receive {:telemetry, [:cluster_srv, :lookup], %{duration: _, records: 2, nodes: 2},
+                        %{topology: ^topology, result: :ok, query: "myapp-headless." <> _}},
+                       1_000
+      end)
+    end
+
+    test "emits disconnect and failed-lookup events", %{topology: topology} do
+      {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+      capture_log(fn ->
+        start(config(resolver), topology: topology)
+        assert_receive {:telemetry, [:libcluster, :connect_node, :ok], _, _}, 1_000
+        assert_receive {:telemetry, [:libcluster, :connect_node, :ok], _, _}, 1_000
+
+        Agent.update(dns, fn _ -> hostent([target(0)]) end)
+
+        assert_receive {:telemetry, [:libcluster, :disconnect_node, :ok], %{duration: _},
+                        %{node: node, topology: ^topology}},
+                       1_000
+
+        assert node == node_name(1)
+
+        Agent.update(dns, fn _ -> {:error, :servfail} end)
+
+        assert_receive {:telemetry, [:cluster_srv, :lookup], %{records: 0, nodes: 0},
+                        %{result: {:error, :servfail}}},
+                       1_000
+      end)
+    end
+  end
+
+  describe "discover/1" do
+    test "runs the loop's lookup and naming once, without connecting" do
+      {_dns, resolver} = fake_dns(hostent([target(1), "bad_target.#{@domain}", target(0)]))
+
+      assert {:ok, result} = Strategy.discover(config(resolver))
+      assert result.query == "myapp-headless.default.svc.cluster.local."
+      assert result.nodes == [node_name(1), node_name(0)]
+      assert result.rejected == [{"bad_target.#{@domain}", :invalid_hostname}]
+      assert length(result.records) == 3
+      refute_received {:probe, _, _, _}
+    end
+
+    test "gives the lookup's error" do
+      {_dns, resolver} = fake_dns({:error, :nxdomain})
+      assert Strategy.discover(config(resolver)) == {:error, :nxdomain}
+    end
+  end
+
+  defp drop_service(config), do: config |> Keyword.drop([:service, :namespace, :cluster_domain])
+end
