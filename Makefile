@@ -6,7 +6,7 @@ DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:/usr/sbin:$(PATH)
 
-.PHONY: setup build test demo clean
+.PHONY: setup build test demo clean check-no-leftovers
 
 setup:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -28,9 +28,15 @@ test: setup
 	MIX_ENV=prod mix compile --warnings-as-errors
 	MIX_ENV=test mix compile --warnings-as-errors
 	mix test
+	@$(MAKE) --no-print-directory check-no-leftovers
+
+# The harness must leave no pod VM and no named behind; give exiting ones a moment.
+check-no-leftovers:
+	@for i in $$(seq 50); do pgrep -f '[C]lusterSRV.Harness.PodAgent|[c]luster_srv_dns_' >/dev/null || exit 0; sleep 0.1; done; \
+	echo "left running by the tests:"; pgrep -af '[C]lusterSRV.Harness.PodAgent|[c]luster_srv_dns_'; exit 1
 
 demo: setup
-	mix run demo/records.exs
+	mix run demo/demo.exs
 
 clean:
 	mix clean

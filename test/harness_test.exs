@@ -1,4 +1,5 @@
 defmodule ClusterSRV.HarnessTest do
   use ExUnit.Case, async: true
   doctest ClusterSRV.Harness.Zone
+  doctest Cluster.Strategy.State
 end

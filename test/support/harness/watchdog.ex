@@ -7,12 +7,14 @@ defmodule ClusterSRV.Harness.Watchdog do
   closes the pipe. So no `named` or `beam` outlives the run that started it.
   """
 
-  # `cat` reads the port's pipe through fd 3: a background job's own stdin is /dev/null.
+  # `cat` reads the port's pipe through fd 3: a background job's own stdin is /dev/null. The
+  # background job must not hold the port's stdout, or the port would not see the command end.
   @script ~S"""
   exec 3<&0
   "$@" </dev/null &
   child=$!
-  ( cat <&3 >/dev/null; kill -TERM "$child" 2>/dev/null ) &
+  ( cat <&3 >/dev/null; kill -TERM "$child" 2>/dev/null ) >/dev/null 2>&1 &
+  exec 3<&-
   wait "$child"
   """
 

@@ -1,0 +1,308 @@
+# `make demo`: a local cluster formed from DNS SRV records.
+#
+# A real BIND serves a CoreDNS-shaped cluster.local; each pod is a real BEAM node on its own
+# loopback address, running ClusterSRV.Strategy as libcluster starts it. The story plays live.
+
+defmodule Demo do
+  alias ClusterSRV.Harness.{DNS, LocalCluster, Pod}
+
+  @interval 1_000
+
+  def run do
+    started = now()
+    Process.put(:t0, started)
+    dns = DNS.start!()
+
+    say("""
+    libcluster_srv demo: BIND9 serves cluster.local on #{DNS.nameserver(dns)}; every pod is a BEAM
+    node on its own 127.x address, running ClusterSRV.Strategy with this config:
+
+        service: "myapp-headless", namespace: "default", application_name: "myapp",
+        polling_interval: #{@interval}, nameservers: ["#{DNS.nameserver(dns)}"]
+    """)
+
+    cluster =
+      LocalCluster.start!(
+        dns: dns,
+        service: "myapp-headless",
+        polling_interval: @interval,
+        subscriber: self(),
+        config: [timeout: 300, attempts: 1]
+      )
+
+    try do
+      cluster = step1(cluster)
+      cluster = step2(cluster)
+      cluster = step3(cluster)
+      cluster = step4(cluster)
+      step5(cluster, dns)
+      LocalCluster.stop(cluster)
+      # The first cluster's pods leaving is not part of the story.
+      flush_events()
+      step6(dns)
+    after
+      LocalCluster.stop(cluster)
+      DNS.stop(dns)
+    end
+
+    say("\nDone in #{Float.round((now() - started) / 1000, 1)} s. #{leftovers()}")
+  end
+
+  # Checked, not assumed: the pods' VMs and BIND are gone.
+  defp leftovers do
+    IO.puts(
+      elem(
+        System.cmd("sh", [
+          "-c",
+          "ps -ef | grep -E 'PodAgent|cluster_srv_dns_' | grep -v grep | cut -c1-150"
+        ]),
+        0
+      )
+    )
+
+    {pods, _} = System.cmd("pgrep", ["-f", "ClusterSRV.Harness.PodAgent"])
+    {named, _} = System.cmd("pgrep", ["-f", "cluster_srv_dns_"])
+
+    case String.split(pods <> named, "\n", trim: true) do
+      [] -> "No pod VM and no named is left running."
+      left -> "Still running (a bug): #{Enum.join(left, ", ")}"
+    end
+  end
+
+  defp flush_events do
+    receive do
+      {:pod_event, _, _, _} -> flush_events()
+    after
+      0 -> :ok
+    end
+  end
+
+  defp step1(cluster) do
+    heading(1, "Start 3 pods (a StatefulSet) and list them in DNS")
+    {cluster, pods} = LocalCluster.add_pods(cluster, 3)
+    for pod <- pods, do: say("  #{pod.label} is #{pod.name} on #{:inet.ntoa(pod.ip)}")
+    ready = last_ready(pods)
+    ms = await_mesh(cluster)
+    table(cluster)
+    proves("3 pods formed a full mesh #{ms - ready} ms after the last one started.")
+    cluster
+  end
+
+  defp step2(cluster) do
+    heading(2, "Scale to 5 pods")
+    {cluster, pods} = LocalCluster.add_pods(cluster, 2)
+    ready = last_ready(pods)
+    ms = await_mesh(cluster)
+    table(cluster)
+    proves("the 2 newcomers joined #{ms - ready} ms after they started.")
+    cluster
+  end
+
+  defp step3(cluster) do
+    heading(3, "Kill #{hd(LocalCluster.pods(cluster)).label} and remove it from DNS")
+    victim = hd(LocalCluster.pods(cluster))
+    t = now()
+    cluster = LocalCluster.kill_pod(cluster, victim)
+    ms = await_mesh(cluster)
+    drain_events(2 * @interval)
+    table(cluster)
+
+    still = for pod <- LocalCluster.pods(cluster), victim.name in Pod.members(pod), do: pod.label
+
+    proves(
+      "the others dropped it within #{ms - t} ms, and no strategy brought it back (#{length(still)} pods see it)."
+    )
+
+    cluster
+  end
+
+  defp step4(cluster) do
+    heading(
+      4,
+      "List a dead pod in DNS (it accepts connections and never answers), then add a pod"
+    )
+
+    cluster = LocalCluster.add_dead(cluster, 1)
+    [dead] = LocalCluster.dead_nodes(cluster)
+    say("  #{short(dead)} is #{dead}: a connect to it hangs for net_setuptime (7 s)")
+    drain_events(@interval + 300)
+    {cluster, [pod]} = LocalCluster.add_pods(cluster, 1)
+    ready = Pod.info(pod).ready_at
+    ms = await_mesh(cluster)
+    table(cluster)
+
+    # Pods whose strategy started a connect to the dead pod that has not ended yet.
+    # Pods whose strategy started a connect to the dead pod that has not ended yet.
+    pending =
+      for p <- LocalCluster.pods(cluster),
+          connects = for({_, ^dead, event} <- Pod.info(p).connects, do: event),
+          List.last(connects) == :start,
+          do: p.label
+
+    proves(
+      "#{pod.label} joined #{ms - ready} ms after it started, while #{length(pending)} pods' " <>
+        "connects to #{short(dead)} were still hanging: connects run in parallel."
+    )
+
+    LocalCluster.clear_dead(cluster)
+  end
+
+  defp step5(cluster, dns) do
+    heading(5, "Stop the DNS server for 4 s, then start it again")
+    pods = LocalCluster.pods(cluster)
+    before = Map.new(pods, &{&1.label, Pod.members(&1)})
+    DNS.pause(dns)
+    say("  #{clock()} BIND stopped: every lookup now times out")
+    drain_events(4_000)
+    changed = for pod <- pods, Pod.members(pod) != before[pod.label], do: pod.label
+    DNS.resume(dns)
+    say("  #{clock()} BIND started again")
+    drain_events(2 * @interval)
+    table(cluster)
+    after_changed = for pod <- pods, Pod.members(pod) != before[pod.label], do: pod.label
+
+    proves(
+      "#{length(changed)} pods changed membership during the outage and " <>
+        "#{length(after_changed)} after it: a failed lookup disconnects no one."
+    )
+  end
+
+  defp step6(dns) do
+    heading(6, "The Deployment layout: _discovery._tcp with pod-name targets")
+
+    cluster =
+      LocalCluster.start!(
+        dns: dns,
+        service: "web-headless",
+        app: "web",
+        layout: :deployment,
+        polling_interval: @interval,
+        subscriber: self(),
+        config: [timeout: 300, attempts: 1]
+      )
+
+    try do
+      say(
+        "  the strategy asks _discovery._tcp.web-headless.default.svc.cluster.local. (port_name: \"discovery\")"
+      )
+
+      {cluster, pods} = LocalCluster.add_pods(cluster, 3)
+      for pod <- pods, do: say("  #{pod.label} is #{pod.name}")
+      ready = last_ready(pods)
+      ms = await_mesh(cluster)
+      table(cluster)
+
+      proves(
+        "3 Deployment pods named after their pods formed a mesh #{ms - ready} ms after the last started."
+      )
+    after
+      LocalCluster.stop(cluster)
+    end
+  end
+
+  # -- Waiting, with live output ---------------------------------------------------------------
+
+  defp await_mesh(cluster) do
+    deadline = now() + 15_000
+    await_mesh(cluster, deadline)
+  end
+
+  defp await_mesh(cluster, deadline) do
+    case LocalCluster.await_mesh(cluster, 0) do
+      {:ok, _} ->
+        drain_events(0)
+        now()
+
+      {:error, members} ->
+        if now() > deadline, do: raise("no full mesh: #{inspect(members)}")
+        drain_events(20)
+        await_mesh(cluster, deadline)
+    end
+  end
+
+  defp drain_events(ms) do
+    deadline = now() + ms
+    drain_until(deadline)
+  end
+
+  defp drain_until(deadline) do
+    receive do
+      {:pod_event, label, event, at} ->
+        show(label, event, at)
+        drain_until(deadline)
+    after
+      max(deadline - now(), 0) -> :ok
+    end
+  end
+
+  defp show(label, {:members, members}, at) do
+    previous = Process.get({:members, label}, MapSet.new())
+    Process.put({:members, label}, members)
+    added = MapSet.difference(members, previous) |> Enum.map(&short/1) |> Enum.sort()
+    removed = MapSet.difference(previous, members) |> Enum.map(&short/1) |> Enum.sort()
+    changes = Enum.map(added, &("+" <> &1)) ++ Enum.map(removed, &("-" <> &1))
+    if changes != [], do: say("  #{clock(at)} #{pad(label)} sees #{Enum.join(changes, " ")}")
+  end
+
+  defp show(label, {:connect, node}, at) do
+    if String.starts_with?(short(node), "dead"),
+      do: say("  #{clock(at)} #{pad(label)} strategy connects to #{short(node)} (hangs)")
+  end
+
+  defp show(label, :exited, at), do: say("  #{clock(at)} #{pad(label)} exited")
+
+  defp show(label, {:log, line}, at) do
+    if line =~ "lookup of" do
+      message = line |> String.split("] ", parts: 3) |> List.last()
+      say("  #{clock(at)} #{pad(label)} log: #{message}")
+    end
+  end
+
+  defp show(_label, _event, _at), do: :ok
+
+  # -- Output ------------------------------------------------------------------------------------
+
+  defp table(cluster) do
+    pods = LocalCluster.pods(cluster)
+    labels = Enum.map(pods, & &1.label)
+    width = labels |> Enum.map(&String.length/1) |> Enum.max()
+    say("")
+    say("  " <> String.duplicate(" ", width) <> " sees: " <> Enum.map_join(pods, " ", &column/1))
+
+    for pod <- pods do
+      members = Pod.members(pod)
+
+      cells =
+        Enum.map_join(pods, " ", fn other ->
+          mark =
+            cond do
+              other.name == pod.name -> "·"
+              other.name in members -> "●"
+              true -> "○"
+            end
+
+          String.pad_trailing(mark, String.length(column(other)))
+        end)
+
+      say("  " <> String.pad_trailing(pod.label, width) <> "       " <> cells)
+    end
+  end
+
+  defp column(pod), do: pod.label |> String.split("-") |> List.last() |> String.slice(0, 5)
+
+  defp heading(n, text), do: say("\n#{clock()} Step #{n}. #{text}")
+  defp proves(text), do: say("\n  ✓ This proves #{text}")
+
+  defp last_ready(pods), do: pods |> Enum.map(&Pod.info(&1).ready_at) |> Enum.max()
+
+  defp short(node) do
+    node |> Atom.to_string() |> String.split("@") |> List.last() |> String.split(".") |> hd()
+  end
+
+  defp pad(label), do: String.pad_trailing(label, 9)
+  defp clock(at \\ now()), do: "[+#{:io_lib.format("~6.2f", [(at - Process.get(:t0)) / 1000])}s]"
+  defp now, do: System.monotonic_time(:millisecond)
+  defp say(text), do: IO.puts(text)
+end
+
+Demo.run()

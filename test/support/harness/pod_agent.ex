@@ -1,0 +1,74 @@
+defmodule ClusterSRV.Harness.PodAgent do
+  @moduledoc """
+  The code that runs inside a pod: a real BEAM node that starts `ClusterSRV.Strategy` the way
+  libcluster's `Cluster.Supervisor` does, and reports what happens on its standard output.
+
+  Lines that start with `@@ ` are for the controller (`ClusterSRV.Harness.Pod`):
+
+    * `@@ ready <node> <os pid>` - the strategy is running;
+    * `@@ nodes <node>,<node>,...` - the connected nodes, each time they change;
+    * `@@ connect <node>` and `@@ connected <node> <result> <ms>` - each connect call the
+      strategy itself makes, and how it ended, so that tests can tell the strategy's connects
+      apart from those OTP's `global` makes on its own.
+
+  Anything else on the output is the pod's log.
+  """
+
+  @doc "Runs the pod from the config file the controller wrote; never returns."
+  def main(config_path) do
+    %{topology: topology, config: config} =
+      config_path |> File.read!() |> :erlang.binary_to_term()
+
+    Logger.configure(level: :info)
+    watcher = spawn_link(&watch_nodes/0)
+    :ok = wait_subscribed(watcher)
+
+    spec = [config: config, connect: {__MODULE__, :connect, []}]
+    state = Cluster.Strategy.State.for_topology(topology, spec)
+
+    # Cluster.Supervisor's child spec for a topology.
+    child = %{id: topology, start: {ClusterSRV.Strategy, :start_link, [[state]]}}
+    {:ok, _sup} = Supervisor.start_link([child], strategy: :one_for_one)
+
+    say("ready #{node()} #{System.pid()}")
+    Process.sleep(:infinity)
+  end
+
+  @doc false
+  # The topology's connect MFA: :net_kernel.connect_node/1, reported before and after.
+  def connect(node) do
+    say("connect #{node}")
+    started = System.monotonic_time(:millisecond)
+    result = :net_kernel.connect_node(node)
+    say("connected #{node} #{result} #{System.monotonic_time(:millisecond) - started}")
+    result
+  end
+
+  # Other pods may connect as soon as distribution is up, before this runs: report the nodes
+  # present at subscription, then every change.
+  defp watch_nodes do
+    :ok = :net_kernel.monitor_nodes(true)
+    say_nodes()
+    receive do: ({:subscribed, from} -> send(from, :subscribed))
+    report_nodes()
+  end
+
+  defp wait_subscribed(watcher) do
+    send(watcher, {:subscribed, self()})
+    receive do: (:subscribed -> :ok)
+  end
+
+  defp report_nodes do
+    receive do
+      {:nodeup, _} -> :ok
+      {:nodedown, _} -> :ok
+    end
+
+    say_nodes()
+    report_nodes()
+  end
+
+  defp say_nodes, do: say("nodes " <> (Node.list() |> Enum.sort() |> Enum.join(",")))
+
+  defp say(line), do: IO.puts("@@ " <> line)
+end
