@@ -27,13 +27,15 @@ test: setup
 	mix format --check-formatted
 	MIX_ENV=prod mix compile --warnings-as-errors
 	MIX_ENV=test mix compile --warnings-as-errors
-	mix test
-	@$(MAKE) --no-print-directory check-no-leftovers
+	CLUSTER_SRV_RUN=$(RUN) mix test
+	@$(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN)
 
-# The harness must leave no pod VM and no named behind; give exiting ones a moment.
+# The harness must leave no pod VM and no named behind. Everything a run starts carries its
+# run id in its command line (see Watchdog.tmp_dir/1); give exiting processes a moment.
+RUN ?= $(shell date +%s%N)
 check-no-leftovers:
-	@for i in $$(seq 50); do pgrep -f '[C]lusterSRV.Harness.PodAgent|[c]luster_srv_dns_' >/dev/null || exit 0; sleep 0.1; done; \
-	echo "left running by the tests:"; pgrep -af '[C]lusterSRV.Harness.PodAgent|[c]luster_srv_dns_'; exit 1
+	@for i in $$(seq 50); do pgrep -f '[c]luster_srv_[a-z]*_$(RUN)_' >/dev/null || exit 0; sleep 0.1; done; \
+	echo "left running by the tests:"; pgrep -af '[c]luster_srv_[a-z]*_$(RUN)_'; exit 1
 
 demo: setup
 	mix run demo/demo.exs

@@ -27,9 +27,10 @@ defmodule ClusterSRV.MixProject do
     [extra_applications: [:logger]]
   end
 
-  # The local cluster harness serves the tests, the demo and the benchmarks; it never ships.
+  # The local cluster harness and the benchmarks' helpers serve the tests, the demo and the
+  # benchmarks; they never ship.
   defp elixirc_paths(:prod), do: ["lib"]
-  defp elixirc_paths(_), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib", "test/support", "bench/support"]
 
   defp package do
     [

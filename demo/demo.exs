@@ -9,6 +9,8 @@ defmodule Demo do
   @interval 1_000
 
   def run do
+    # Marks what this run starts, so the end can check that it left nothing running.
+    System.put_env("CLUSTER_SRV_RUN", "demo#{System.os_time()}")
     started = now()
     Process.put(:t0, started)
     dns = DNS.start!()
@@ -60,10 +62,10 @@ defmodule Demo do
       )
     )
 
-    {pods, _} = System.cmd("pgrep", ["-f", "ClusterSRV.Harness.PodAgent"])
-    {named, _} = System.cmd("pgrep", ["-f", "cluster_srv_dns_"])
+    pattern = "cluster_srv_[a-z]*_#{System.get_env("CLUSTER_SRV_RUN")}_"
+    {left, _} = System.cmd("pgrep", ["-f", pattern])
 
-    case String.split(pods <> named, "\n", trim: true) do
+    case String.split(left, "\n", trim: true) do
       [] -> "No pod VM and no named is left running."
       left -> "Still running (a bug): #{Enum.join(left, ", ")}"
     end

@@ -338,14 +338,15 @@ mod nif {
     }
 
     fn encode_records<'a>(env: Env<'a>, records: &[SrvRecord]) -> Term<'a> {
+        // Keys in the VM's term order (atoms sort by name), so building each map needs no sort.
         let keys = [
             atoms::__struct__().encode(env),
-            atoms::priority().encode(env),
-            atoms::weight().encode(env),
-            atoms::port().encode(env),
-            atoms::ttl().encode(env),
-            atoms::target().encode(env),
             atoms::addresses().encode(env),
+            atoms::port().encode(env),
+            atoms::priority().encode(env),
+            atoms::target().encode(env),
+            atoms::ttl().encode(env),
+            atoms::weight().encode(env),
         ];
         let module = match Atom::from_str(env, "Elixir.ClusterSRV.Record") {
             Ok(module) => module.encode(env),
@@ -361,12 +362,12 @@ mod nif {
                     .collect();
                 let values = [
                     module,
-                    record.priority.encode(env),
-                    record.weight.encode(env),
-                    record.port.encode(env),
-                    record.ttl.encode(env),
-                    record.target.encode(env),
                     addresses.encode(env),
+                    record.port.encode(env),
+                    record.priority.encode(env),
+                    record.target.encode(env),
+                    record.ttl.encode(env),
+                    record.weight.encode(env),
                 ];
                 Term::map_from_term_arrays(env, &keys, &values).ok()
             })

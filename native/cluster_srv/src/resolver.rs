@@ -1,17 +1,29 @@
 //! SRV resolution with hickory on one shared tokio runtime.
 //!
+//! A lookup is one task on the runtime. It asks each server in turn with hickory's UDP client
+//! stream (random source port, ID and question checks), and asks again over hickory's TCP
+//! exchange when the answer is truncated. hickory-resolver reads the system's resolv.conf.
+//! hickory-resolver's own `Resolver` is not used for lookups: its cache, pool and retry layers,
+//! which a poller does not need, cost more per lookup than the whole round trip to the server
+//! (see bench/README.md).
+//!
 //! Everything here is plain Rust: `cargo test` exercises it without a BEAM.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::lookup::Lookup;
+use futures_util::StreamExt;
+use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::net::tcp::TcpClientStream;
+use hickory_resolver::net::udp::UdpClientStream;
+use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, DnsRequestSender};
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::op::{
+    DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode,
+};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use once_cell::sync::Lazy;
 use tokio::runtime::Runtime;
 
@@ -21,9 +33,13 @@ use crate::names;
 /// The port a nameserver listens on when none is given.
 pub const DEFAULT_DNS_PORT: u16 = 53;
 
-/// Worker threads of the shared runtime. DNS work is mostly waiting, and the BEAM already has
-/// one scheduler per core, so two threads are enough to keep the runtime off the critical path.
-const WORKER_THREADS: usize = 2;
+/// Worker threads of the shared runtime. One: a lookup is mostly waiting, the BEAM already has
+/// a scheduler per core, and a second worker made every lookup slower by waking it for each
+/// answer (measured: 213 µs against 163 µs for a 3-record answer, see bench/README.md).
+const WORKER_THREADS: usize = 1;
+
+/// The EDNS UDP payload size we advertise, as hickory and the DNS flag day recommend.
+const EDNS_PAYLOAD: u16 = 1232;
 
 static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
     tokio::runtime::Builder::new_multi_thread()
@@ -35,7 +51,6 @@ static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
         .build()
         .map_err(|error| format!("cannot start the tokio runtime: {error}"))
 });
-
 /// The one runtime every resolver and lookup shares, built on first use.
 pub fn runtime() -> Result<&'static Runtime, Error> {
     RUNTIME
@@ -123,33 +138,59 @@ fn parse_port(text: &str) -> Result<u16, String> {
 
 /// A configured resolver. Cheap to share: lookups borrow it.
 pub struct SrvResolver {
-    inner: TokioResolver,
+    plan: Plan,
+    timeout: Duration,
+    attempts: u32,
     deadline: Duration,
+    // Keeps hickory's background tasks (TCP exchanges) alive for as long as the resolver.
+    provider: TokioRuntimeProvider,
+    // One multiplexed TCP connection per server, opened at the first truncated answer and kept:
+    // a burst of lookups must not open a connection each and overflow the server's listen queue.
+    tcp: tokio::sync::Mutex<HashMap<SocketAddr, DnsExchange<TokioRuntimeProvider>>>,
+}
+
+/// Most TCP queries one connection carries at once (hickory's default is 32).
+const TCP_MAX_IN_FLIGHT: usize = 256;
+
+/// Where to ask, and how relative names are completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub servers: Vec<SocketAddr>,
+    pub search: Vec<Name>,
+    pub ndots: usize,
 }
 
 impl SrvResolver {
     /// Builds a resolver. No query is sent until the first lookup.
     pub fn new(options: &Options) -> Result<SrvResolver, Error> {
-        let (config, mut opts) = if options.nameservers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf().map_err(|error| {
-                Error::Io(format!(
-                    "cannot read the system resolver configuration: {error}"
-                ))
-            })?
+        let plan = if options.nameservers.is_empty() {
+            let (config, opts) =
+                hickory_resolver::system_conf::read_system_conf().map_err(|error| {
+                    Error::Io(format!(
+                        "cannot read the system resolver configuration: {error}"
+                    ))
+                })?;
+            system_plan(&config, &opts)
         } else {
-            explicit_config(&options.nameservers)
+            Plan {
+                servers: options.nameservers.clone(),
+                search: vec![],
+                ndots: 1,
+            }
         };
-        apply_options(&mut opts, options);
+        if plan.servers.is_empty() {
+            return Err(Error::Io("no nameserver is configured".to_string()));
+        }
         let runtime = runtime()?;
-        // hickory's provider spawns its connection tasks on the current runtime.
+        // hickory's provider spawns its background tasks on the current runtime.
         let _guard = runtime.enter();
-        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(opts)
-            .build()
-            .map_err(|error| Error::Io(format!("cannot build the resolver: {error}")))?;
         Ok(SrvResolver {
-            inner,
+            plan,
+            timeout: options.timeout,
+            attempts: options.attempts.max(1),
             deadline: overall_deadline(options),
+            provider: TokioRuntimeProvider::default(),
+            tcp: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,22 +205,20 @@ impl SrvResolver {
     /// AAAA), concurrently and within a second deadline of the same length.
     pub async fn lookup(&self, name: &str, fill_addresses: bool) -> Result<Vec<SrvRecord>, Error> {
         let query = parse_query_name(name)?;
-        let lookup = tokio::time::timeout(self.deadline, self.inner.lookup(query, RecordType::SRV))
+        let answer = tokio::time::timeout(self.deadline, self.resolve(&query, RecordType::SRV))
             .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(map_error)?;
-        let mut records = records_from_lookup(&lookup);
+            .map_err(|_| Error::Timeout)??;
+        let mut records = build_records(&answer.answers, &answer.additionals);
         if records.is_empty() {
             return Err(Error::NoRecords);
         }
         if fill_addresses {
-            self.fill_addresses(&mut records).await;
+            // A failed address lookup leaves the list empty: the caller decides what that means.
+            let _ = tokio::time::timeout(self.deadline, self.fill_addresses(&mut records)).await;
         }
         Ok(records)
     }
 
-    /// Resolves the addresses of targets that have none. A target that cannot be resolved keeps
-    /// an empty list: the caller decides what a missing address means.
     async fn fill_addresses(&self, records: &mut [SrvRecord]) {
         let mut missing: Vec<String> = records
             .iter()
@@ -190,12 +229,7 @@ impl SrvResolver {
         missing.dedup();
         let lookups = missing.into_iter().map(|target| async move {
             let addresses = match Name::from_ascii(format!("{target}.")) {
-                Ok(name) => {
-                    match tokio::time::timeout(self.deadline, self.inner.lookup_ip(name)).await {
-                        Ok(Ok(found)) => found.iter().collect(),
-                        _ => Vec::new(),
-                    }
-                }
+                Ok(name) => self.addresses(&name).await,
                 Err(_) => Vec::new(),
             };
             (target, addresses)
@@ -214,32 +248,251 @@ impl SrvResolver {
             }
         }
     }
-}
 
-fn explicit_config(nameservers: &[SocketAddr]) -> (ResolverConfig, ResolverOpts) {
-    let servers = nameservers.iter().map(nameserver_config).collect();
-    (
-        ResolverConfig::from_parts(None, vec![], servers),
-        ResolverOpts::default(),
-    )
-}
-
-fn nameserver_config(address: &SocketAddr) -> NameServerConfig {
-    let mut config = NameServerConfig::udp_and_tcp(address.ip());
-    for connection in &mut config.connections {
-        connection.port = address.port();
+    /// The A records of `name`, or its AAAA records when it has no A record.
+    async fn addresses(&self, name: &Name) -> Vec<IpAddr> {
+        for record_type in [RecordType::A, RecordType::AAAA] {
+            if let Ok(message) = self.resolve(name, record_type).await {
+                let found: Vec<IpAddr> = message
+                    .answers
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                        _ => None,
+                    })
+                    .collect();
+                if !found.is_empty() {
+                    return found;
+                }
+            }
+        }
+        Vec::new()
     }
-    config
+
+    /// Asks for `name`, completed with the search list when it is relative, and returns the
+    /// first answer that holds records of `record_type`.
+    async fn resolve(&self, name: &Name, record_type: RecordType) -> Result<Message, Error> {
+        let mut failure: Option<Error> = None;
+        for candidate in candidate_names(name, &self.plan) {
+            match self.query(&candidate, record_type).await {
+                Ok(message) => return Ok(message),
+                Err(error) => failure = Some(worse(failure, error)),
+            }
+        }
+        Err(failure.unwrap_or(Error::NoRecords))
+    }
+
+    /// One name, every server in turn, `attempts` times over.
+    async fn query(&self, name: &Name, record_type: RecordType) -> Result<Message, Error> {
+        let mut last = Error::Timeout;
+        for _ in 0..self.attempts {
+            for server in &self.plan.servers {
+                match self.exchange(*server, name, record_type).await {
+                    Ok(message) => match classify(message, record_type) {
+                        Outcome::Answer(message) => return Ok(message),
+                        Outcome::Final(error) => return Err(error),
+                        Outcome::TryNext(error) => last = error,
+                    },
+                    Err(error) => last = error,
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One try against one server: UDP, then TCP when the answer was truncated.
+    async fn exchange(
+        &self,
+        server: SocketAddr,
+        name: &Name,
+        record_type: RecordType,
+    ) -> Result<Message, Error> {
+        let query = Query::query(name.clone(), record_type);
+        let mut options = DnsRequestOptions::default();
+        options.edns_payload_len = EDNS_PAYLOAD;
+        let request = DnsRequest::from_query(query.clone(), options);
+
+        let mut udp = UdpClientStream::builder(server, self.provider.clone())
+            .with_timeout(Some(self.timeout))
+            .build();
+        let response = first_response(udp.send_message(request.clone())).await?;
+        if !response.metadata.truncation {
+            return answer_to(response.into_message(), &query);
+        }
+
+        let response = self.tcp_query(server, request).await?;
+        answer_to(response.into_message(), &query)
+    }
+
+    /// Sends `request` over the server's kept TCP connection, opening it when there is none. A
+    /// kept connection the server has since closed (BIND closes idle ones after 30 s) is
+    /// replaced once, within the same try.
+    async fn tcp_query(
+        &self,
+        server: SocketAddr,
+        request: DnsRequest,
+    ) -> Result<DnsResponse, Error> {
+        let kept = self.tcp.lock().await.get(&server).cloned();
+        if let Some(exchange) = kept {
+            match first_response(exchange.send(request.clone())).await {
+                Ok(response) => return Ok(response),
+                Err(Error::Timeout) => {
+                    self.tcp.lock().await.remove(&server);
+                    return Err(Error::Timeout);
+                }
+                Err(_stale) => {
+                    self.tcp.lock().await.remove(&server);
+                }
+            }
+        }
+        let exchange = {
+            let mut connections = self.tcp.lock().await;
+            // Another lookup may have connected while this one waited for the lock.
+            match connections.get(&server) {
+                Some(exchange) => exchange.clone(),
+                None => {
+                    let exchange = TcpClientStream::exchange(
+                        server,
+                        None,
+                        self.timeout,
+                        Some(TCP_MAX_IN_FLIGHT),
+                        self.provider.clone(),
+                    )
+                    .await
+                    .map_err(map_net_error)?;
+                    connections.insert(server, exchange.clone());
+                    exchange
+                }
+            }
+        };
+        let result = first_response(exchange.send(request)).await;
+        if result.is_err() {
+            self.tcp.lock().await.remove(&server);
+        }
+        result
+    }
 }
 
-fn apply_options(opts: &mut ResolverOpts, options: &Options) {
-    opts.timeout = options.timeout;
-    // hickory counts retries after the first try; our `attempts` counts every try.
-    opts.attempts = options.attempts.saturating_sub(1) as usize;
-    // A poller wants the answer as it is now: no cached answers, no cached negatives.
-    opts.cache_size = 0;
-    // resolv.conf turns EDNS off unless it says `options edns0`; large answers want it on.
-    opts.edns0 = true;
+async fn first_response<S>(mut responses: S) -> Result<DnsResponse, Error>
+where
+    S: futures_util::Stream<Item = Result<DnsResponse, NetError>> + Unpin,
+{
+    match responses.next().await {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(error)) => Err(map_net_error(error)),
+        // hickory ends the stream without an item when the try timed out.
+        None => Err(Error::Timeout),
+    }
+}
+
+/// The answer must be to our question; hickory's UDP stream checks this too, its TCP one does not.
+fn answer_to(message: Message, query: &Query) -> Result<Message, Error> {
+    if message.queries.len() == 1 && message.queries[0] == *query {
+        Ok(message)
+    } else {
+        Err(Error::Io("the answer is to another question".to_string()))
+    }
+}
+
+/// What an answer means for the lookup.
+enum Outcome {
+    Answer(Message),
+    /// The question is settled: no other server or try would say otherwise.
+    Final(Error),
+    /// This server failed; another may answer.
+    TryNext(Error),
+}
+
+fn classify(message: Message, record_type: RecordType) -> Outcome {
+    match message.metadata.response_code {
+        ResponseCode::NoError => {
+            if message
+                .answers
+                .iter()
+                .any(|record| record.record_type() == record_type)
+            {
+                Outcome::Answer(message)
+            } else {
+                Outcome::Final(Error::NoRecords)
+            }
+        }
+        ResponseCode::NXDomain => Outcome::Final(Error::NxDomain),
+        ResponseCode::ServFail => Outcome::TryNext(Error::ServFail),
+        ResponseCode::Refused => Outcome::TryNext(Error::Refused),
+        other => Outcome::TryNext(Error::Io(format!("the server answered {other}"))),
+    }
+}
+
+/// Of two failures over the search list, the one to report: a server failure over a negative
+/// answer, and "exists without records" over "does not exist".
+fn worse(previous: Option<Error>, next: Error) -> Error {
+    fn rank(error: &Error) -> u8 {
+        match error {
+            Error::NxDomain => 0,
+            Error::NoRecords => 1,
+            _ => 2,
+        }
+    }
+    match previous {
+        Some(previous) if rank(&previous) >= rank(&next) => previous,
+        _ => next,
+    }
+}
+
+/// The names to ask for `name`, as resolv.conf's search list and ndots say: an absolute name
+/// alone; a name with at least `ndots` dots first as it is, then completed; a shorter one
+/// completed first.
+pub fn candidate_names(name: &Name, plan: &Plan) -> Vec<Name> {
+    if name.is_fqdn() {
+        return vec![name.clone()];
+    }
+    let mut absolute = name.clone();
+    absolute.set_fqdn(true);
+    let completed: Vec<Name> = plan
+        .search
+        .iter()
+        .filter_map(|domain| {
+            let mut domain = domain.clone();
+            domain.set_fqdn(true);
+            name.clone().append_domain(&domain).ok()
+        })
+        .collect();
+    let dots = usize::from(name.num_labels()).saturating_sub(1);
+    if dots >= plan.ndots {
+        std::iter::once(absolute).chain(completed).collect()
+    } else {
+        completed
+            .into_iter()
+            .chain(std::iter::once(absolute))
+            .collect()
+    }
+}
+
+/// The servers, search list and ndots of a system configuration (resolv.conf).
+pub fn system_plan(config: &ResolverConfig, opts: &ResolverOpts) -> Plan {
+    let mut servers: Vec<SocketAddr> = Vec::new();
+    for server in config.name_servers() {
+        let port = server
+            .connections
+            .first()
+            .map(|connection| connection.port)
+            .unwrap_or(DEFAULT_DNS_PORT);
+        let address = SocketAddr::new(server.ip, port);
+        if !servers.contains(&address) {
+            servers.push(address);
+        }
+    }
+    let search = if config.search().is_empty() {
+        config.domain().cloned().into_iter().collect()
+    } else {
+        config.search().to_vec()
+    };
+    Plan {
+        servers,
+        search,
+        ndots: opts.ndots,
+    }
 }
 
 /// timeout × attempts, plus a little for the TCP retry of a truncated answer to finish.
@@ -255,47 +508,32 @@ fn parse_query_name(name: &str) -> Result<Name, Error> {
     Name::from_ascii(name).map_err(|_| invalid())
 }
 
-/// Maps hickory's errors onto the reasons we document.
-pub fn map_error(error: NetError) -> Error {
-    if error.is_nx_domain() {
-        return Error::NxDomain;
-    }
-    if error.is_no_records_found() {
-        return Error::NoRecords;
-    }
+/// Maps hickory's transport errors onto the reasons we document.
+pub fn map_net_error(error: NetError) -> Error {
     match error {
         NetError::Timeout => Error::Timeout,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => Error::ServFail,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => Error::Refused,
+        NetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Error::Io("connection refused".to_string())
+        }
+        NetError::Proto(proto) => Error::Io(format!("malformed answer: {proto}")),
         other => Error::Io(other.to_string()),
     }
 }
 
 /// Builds the records of an answer: every SRV record is kept (CoreDNS sends one per port), with
 /// the A/AAAA addresses of its target taken from the additional section.
-pub fn records_from_lookup(lookup: &Lookup) -> Vec<SrvRecord> {
-    build_records(lookup.answers(), lookup.additionals())
-}
-
-fn build_records(
-    answers: &[hickory_resolver::proto::rr::Record],
-    additionals: &[hickory_resolver::proto::rr::Record],
-) -> Vec<SrvRecord> {
+pub fn build_records(answers: &[Record], additionals: &[Record]) -> Vec<SrvRecord> {
     let mut records: Vec<SrvRecord> = answers
         .iter()
         .filter_map(|record| match &record.data {
-            RData::SRV(srv) => {
-                let target = names::normalize_target(&srv.target);
-                let addresses = addresses_of(&srv.target, additionals);
-                Some(SrvRecord {
-                    priority: srv.priority,
-                    weight: srv.weight,
-                    port: srv.port,
-                    ttl: record.ttl,
-                    target,
-                    addresses,
-                })
-            }
+            RData::SRV(srv) => Some(SrvRecord {
+                priority: srv.priority,
+                weight: srv.weight,
+                port: srv.port,
+                ttl: record.ttl,
+                target: names::normalize_target(&srv.target),
+                addresses: addresses_of(&srv.target, additionals),
+            }),
             _ => None,
         })
         .collect();
@@ -303,7 +541,7 @@ fn build_records(
     records
 }
 
-fn addresses_of(target: &Name, additionals: &[hickory_resolver::proto::rr::Record]) -> Vec<IpAddr> {
+fn addresses_of(target: &Name, additionals: &[Record]) -> Vec<IpAddr> {
     let mut addresses = Vec::new();
     for record in additionals {
         // Name equality in DNS ignores case.
@@ -332,10 +570,7 @@ pub fn sort_records(records: &mut [SrvRecord]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::net::NoRecords;
-    use hickory_resolver::proto::op::Query;
     use hickory_resolver::proto::rr::rdata::{A, AAAA, SRV};
-    use hickory_resolver::proto::rr::Record;
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::str::FromStr;
 
@@ -421,35 +656,38 @@ mod tests {
     }
 
     #[test]
-    fn attempts_count_every_try_and_bound_the_deadline() {
+    fn the_deadline_is_timeout_times_attempts_plus_a_margin() {
         let options = Options {
             nameservers: vec![],
             timeout: Duration::from_millis(300),
             attempts: 3,
         };
-        let mut opts = ResolverOpts::default();
-        apply_options(&mut opts, &options);
-        assert_eq!(opts.attempts, 2, "hickory counts retries");
-        assert_eq!(opts.cache_size, 0);
         assert_eq!(overall_deadline(&options), Duration::from_millis(1_000));
     }
 
-    #[test]
-    fn system_configuration_keeps_its_search_list_and_ndots() {
-        let resolv_conf = "nameserver 10.96.0.10\n\
-                           search default.svc.cluster.local svc.cluster.local cluster.local\n\
-                           options ndots:5 timeout:9 attempts:4\n";
-        let (config, mut opts) = hickory_resolver::system_conf::parse_resolv_conf(resolv_conf)
+    fn plan_of(resolv_conf: &str) -> Plan {
+        let (config, opts) = hickory_resolver::system_conf::parse_resolv_conf(resolv_conf)
             .expect("valid resolv.conf");
-        apply_options(
-            &mut opts,
-            &Options {
-                nameservers: vec![],
-                timeout: Duration::from_millis(750),
-                attempts: 2,
-            },
+        system_plan(&config, &opts)
+    }
+
+    #[test]
+    fn system_configuration_gives_servers_search_list_and_ndots() {
+        let plan = plan_of(
+            "nameserver 10.96.0.10\n\
+             nameserver 10.96.0.11\n\
+             nameserver 10.96.0.10\n\
+             search default.svc.cluster.local svc.cluster.local cluster.local\n\
+             options ndots:5\n",
         );
-        let search: Vec<String> = config.search().iter().map(|name| name.to_ascii()).collect();
+        assert_eq!(
+            plan.servers,
+            [
+                "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
+                "10.96.0.11:53".parse().unwrap()
+            ]
+        );
+        let search: Vec<String> = plan.search.iter().map(|name| name.to_ascii()).collect();
         assert_eq!(
             search,
             [
@@ -458,56 +696,170 @@ mod tests {
                 "cluster.local"
             ]
         );
-        assert_eq!(opts.ndots, 5, "ndots comes from resolv.conf");
-        assert_eq!(opts.timeout, Duration::from_millis(750), "our timeout wins");
-        assert_eq!(opts.attempts, 1, "our attempts win");
-        assert!(opts.edns0);
+        assert_eq!(plan.ndots, 5);
     }
 
     #[test]
-    fn explicit_nameservers_carry_their_ports_and_no_search_list() {
-        let (config, _) = explicit_config(&["127.0.0.1:5353".parse().unwrap()]);
-        assert!(config.search().is_empty());
-        let server = &config.name_servers()[0];
-        assert_eq!(server.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let ports: Vec<u16> = server.connections.iter().map(|c| c.port).collect();
-        assert_eq!(ports, [5353, 5353], "UDP and TCP both use the given port");
+    fn the_domain_line_serves_as_the_search_list_when_there_is_none() {
+        let plan = plan_of("nameserver 10.0.0.1\ndomain corp.example\n");
+        let search: Vec<String> = plan.search.iter().map(|name| name.to_ascii()).collect();
+        assert_eq!(search, ["corp.example"]);
+    }
+
+    fn candidates(query: &str, ndots: usize) -> Vec<String> {
+        let plan = Plan {
+            servers: vec![],
+            search: vec![name("default.svc.cluster.local"), name("cluster.local")],
+            ndots,
+        };
+        candidate_names(&Name::from_ascii(query).unwrap(), &plan)
+            .iter()
+            .map(|name| name.to_ascii())
+            .collect()
     }
 
     #[test]
-    fn nx_domain_is_told_apart_from_no_records() {
-        let query = Query::query(name("missing.example."), RecordType::SRV);
-        let nx = NetError::from(DnsError::NoRecordsFound(NoRecords::new(
-            query.clone(),
-            ResponseCode::NXDomain,
-        )));
-        let empty = NetError::from(DnsError::NoRecordsFound(NoRecords::new(
-            query,
-            ResponseCode::NoError,
-        )));
-        assert_eq!(map_error(nx), Error::NxDomain);
-        assert_eq!(map_error(empty), Error::NoRecords);
-    }
-
-    #[test]
-    fn response_codes_and_timeouts_map_to_reasons() {
-        assert_eq!(map_error(NetError::Timeout), Error::Timeout);
+    fn an_absolute_name_never_goes_through_the_search_list() {
         assert_eq!(
-            map_error(NetError::from(DnsError::ResponseCode(
-                ResponseCode::ServFail
-            ))),
+            candidates("myapp.default.svc.cluster.local.", 5),
+            ["myapp.default.svc.cluster.local."]
+        );
+    }
+
+    #[test]
+    fn a_relative_name_follows_ndots() {
+        // Fewer dots than ndots: completed first, as Kubernetes pods' ndots:5 does.
+        assert_eq!(
+            candidates("myapp-headless", 5),
+            [
+                "myapp-headless.default.svc.cluster.local.",
+                "myapp-headless.cluster.local.",
+                "myapp-headless."
+            ]
+        );
+        // At least ndots dots: as it is first.
+        assert_eq!(
+            candidates("a.b", 1),
+            [
+                "a.b.",
+                "a.b.default.svc.cluster.local.",
+                "a.b.cluster.local."
+            ]
+        );
+    }
+
+    fn answer(code: ResponseCode, answers: Vec<Record>) -> Message {
+        let mut message = Message::response(7, hickory_resolver::proto::op::OpCode::Query);
+        message.metadata.response_code = code;
+        message.answers = answers;
+        message
+    }
+
+    fn reason(outcome: Outcome) -> (&'static str, Option<Error>) {
+        match outcome {
+            Outcome::Answer(_) => ("answer", None),
+            Outcome::Final(error) => ("final", Some(error)),
+            Outcome::TryNext(error) => ("next", Some(error)),
+        }
+    }
+
+    #[test]
+    fn negative_answers_settle_the_question_and_failures_move_on() {
+        let owner = "svc.ns.svc.cluster.local.";
+        let with_srv = vec![srv(owner, 0, 100, 4370, "a.svc.ns.svc.cluster.local.")];
+        assert_eq!(
+            reason(classify(
+                answer(ResponseCode::NoError, with_srv),
+                RecordType::SRV
+            ))
+            .0,
+            "answer"
+        );
+        assert_eq!(
+            reason(classify(
+                answer(ResponseCode::NoError, vec![]),
+                RecordType::SRV
+            )),
+            ("final", Some(Error::NoRecords))
+        );
+        assert_eq!(
+            reason(classify(
+                answer(ResponseCode::NXDomain, vec![]),
+                RecordType::SRV
+            )),
+            ("final", Some(Error::NxDomain))
+        );
+        assert_eq!(
+            reason(classify(
+                answer(ResponseCode::ServFail, vec![]),
+                RecordType::SRV
+            )),
+            ("next", Some(Error::ServFail))
+        );
+        assert_eq!(
+            reason(classify(
+                answer(ResponseCode::Refused, vec![]),
+                RecordType::SRV
+            )),
+            ("next", Some(Error::Refused))
+        );
+        match classify(answer(ResponseCode::NotImp, vec![]), RecordType::SRV) {
+            Outcome::TryNext(Error::Io(message)) => {
+                assert!(message.contains("Not Implemented"), "{message}")
+            }
+            _ => panic!("NOTIMP should move on with an io error"),
+        }
+        // An A record is not an answer to an SRV question.
+        let only_a = vec![a(owner, [10, 0, 0, 1])];
+        assert_eq!(
+            reason(classify(
+                answer(ResponseCode::NoError, only_a),
+                RecordType::SRV
+            )),
+            ("final", Some(Error::NoRecords))
+        );
+    }
+
+    #[test]
+    fn over_the_search_list_a_server_failure_outranks_a_negative_answer() {
+        assert_eq!(
+            worse(Some(Error::NxDomain), Error::NoRecords),
+            Error::NoRecords
+        );
+        assert_eq!(
+            worse(Some(Error::NoRecords), Error::NxDomain),
+            Error::NoRecords
+        );
+        assert_eq!(worse(Some(Error::NxDomain), Error::Timeout), Error::Timeout);
+        assert_eq!(
+            worse(Some(Error::ServFail), Error::NxDomain),
             Error::ServFail
         );
+        assert_eq!(worse(None, Error::NxDomain), Error::NxDomain);
+    }
+
+    #[test]
+    fn transport_errors_map_to_reasons() {
+        assert_eq!(map_net_error(NetError::Timeout), Error::Timeout);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            map_error(NetError::from(DnsError::ResponseCode(
-                ResponseCode::Refused
-            ))),
-            Error::Refused
+            map_net_error(NetError::from(refused)),
+            Error::Io("connection refused".into())
         );
-        match map_error(NetError::from(DnsError::ResponseCode(ResponseCode::NotImp))) {
-            Error::Io(message) => assert!(message.contains("Not Implemented"), "{message}"),
-            other => panic!("expected an io error, got {other:?}"),
-        }
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(map_net_error(NetError::from(timed_out)), Error::Timeout);
+    }
+
+    #[test]
+    fn an_answer_to_another_question_is_refused() {
+        let ours = Query::query(name("a.example."), RecordType::SRV);
+        let mut message = answer(ResponseCode::NoError, vec![]);
+        message.queries = vec![Query::query(name("b.example."), RecordType::SRV)];
+        assert!(answer_to(message.clone(), &ours).is_err());
+        message.queries = vec![ours.clone()];
+        assert!(answer_to(message.clone(), &ours).is_ok());
+        message.queries = vec![];
+        assert!(answer_to(message, &ours).is_err());
     }
 
     #[test]

@@ -61,8 +61,7 @@ defmodule ClusterSRV.Harness.DNS do
     Process.flag(:trap_exit, true)
     services = Keyword.get(opts, :services, [])
     extra = Keyword.get(opts, :extra, [])
-    dir = Path.join(System.tmp_dir!(), "cluster_srv_dns_#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
+    dir = ClusterSRV.Harness.Watchdog.tmp_dir("cluster_srv_dns")
     records = Enum.flat_map(services, &Zone.records/1) ++ extra
     File.write!(Path.join(dir, "cluster.local.zone"), Zone.render(records))
 

@@ -54,8 +54,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
     name = Keyword.fetch!(opts, :service)
     namespace = Keyword.get(opts, :namespace, "default")
     app = Keyword.get(opts, :app, "myapp")
-    dir = Path.join(System.tmp_dir!(), "cluster_srv_pods_#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
+    dir = ClusterSRV.Harness.Watchdog.tmp_dir("cluster_srv_pods")
 
     inetrc = Path.join(dir, "inetrc")
 

@@ -36,6 +36,17 @@ defmodule ClusterSRV.Harness.Watchdog do
     ])
   end
 
+  @doc """
+  A fresh temporary directory named after `prefix` and the run: `CLUSTER_SRV_RUN` (set by
+  `make test`) marks everything one run starts, so the run can check it left nothing behind.
+  """
+  def tmp_dir(prefix) do
+    run = System.get_env("CLUSTER_SRV_RUN", "adhoc")
+    dir = Path.join(System.tmp_dir!(), "#{prefix}_#{run}_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    dir
+  end
+
   @doc "Closes the port, which stops the command, and waits for it to exit."
   def close(port, timeout \\ 5_000) do
     case Port.info(port, :os_pid) do
