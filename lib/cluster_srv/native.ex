@@ -34,6 +34,10 @@ defmodule ClusterSRV.Native do
   def start_lookup(_resolver, _name, _fill_addresses, _tag), do: not_loaded()
 
   @doc false
+  def start_discover(_resolver, _name, _basename, _domain, _naming, _max_nodes, _tag),
+    do: not_loaded()
+
+  @doc false
   def node_names(_candidates, _basename, _domain, _naming, _max_nodes), do: not_loaded()
 
   if Mix.env() == :test do

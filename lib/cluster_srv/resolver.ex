@@ -190,7 +190,39 @@ defmodule ClusterSRV.Resolver do
       )
 
     case result do
-      {:ok, {nodes, rejected}} -> {:ok, %{nodes: nodes, rejected: rejected}}
+      {:ok, answer} -> {:ok, Map.take(answer, [:nodes, :rejected])}
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  @doc """
+  Looks up `name` and turns the answer into node names on the native runtime, replying by
+  message like `async_lookup/3`. This is what `ClusterSRV.Strategy` polls with: the records
+  never reach the caller, which receives only
+
+      {:cluster_srv_lookup, ref, {:ok, %{records: count, nodes: [node()], rejected: [{target, reason}]}}}
+      {:cluster_srv_lookup, ref, {:error, reason}}
+
+  It takes the options of `node_names/2`; with `node_naming: :ip`, targets the answer carried no
+  address for are resolved first, as with `fill_addresses: true`.
+  """
+  @spec async_discover(t(), String.t(), keyword()) :: reference() | {:error, reason()}
+  def async_discover(%__MODULE__{ref: native}, name, opts) when is_binary(name) do
+    ref = make_ref()
+
+    result =
+      Native.start_discover(
+        native,
+        name,
+        Keyword.fetch!(opts, :application_name),
+        Keyword.get(opts, :domain),
+        Keyword.get(opts, :node_naming, :hostname),
+        Keyword.get(opts, :max_nodes, 1_000),
+        ref
+      )
+
+    case result do
+      :ok -> ref
       {:error, reason} -> {:error, reason}
     end
   end

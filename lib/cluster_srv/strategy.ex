@@ -311,9 +311,17 @@ defmodule ClusterSRV.Strategy do
         parent = self()
         ref = make_ref()
 
+        # The user's function may block as long as it likes: it runs in its own process, and
+        # the deadline still ends the poll. Its answer arrives in the same shape as ours.
         {pid, monitor} =
           spawn_monitor(fn ->
-            send(parent, {:cluster_srv_lookup, ref, run_resolver_fun(config.resolver, config)})
+            answer =
+              with {:ok, records} <- run_resolver_fun(config.resolver, config),
+                   {:ok, names} <- node_names(records, config) do
+                {:ok, Map.put(names, :records, length(records))}
+              end
+
+            send(parent, {:cluster_srv_lookup, ref, answer})
           end)
 
         deadline = resolver_fun_deadline(config)
@@ -322,7 +330,7 @@ defmodule ClusterSRV.Strategy do
       resolver ->
         fill? = config.node_naming == :ip
 
-        case Resolver.async_lookup(resolver, config.query, fill_addresses: fill?) do
+        case Resolver.async_discover(resolver, config.query, naming_options(config)) do
           {:error, reason} ->
             finish_lookup(state, %{ref: nil, started: started, deadline: nil}, {:error, reason})
 
@@ -352,16 +360,16 @@ defmodule ClusterSRV.Strategy do
     state = %{state | lookup: nil}
 
     state =
-      with {:ok, records} <- result,
-           {:ok, names} <- node_names(records, state.config) do
-        state = log_rejections(state, names.rejected)
-        emit_lookup(state, duration, length(records), length(names.nodes), :ok)
+      case result do
+        {:ok, %{records: records, nodes: nodes, rejected: rejected}} ->
+          state = log_rejections(state, rejected)
+          emit_lookup(state, duration, records, length(nodes), :ok)
 
-        case names.nodes do
-          [] -> lookup_failed(state, :no_valid_names)
-          nodes -> state |> lookup_recovered() |> apply_nodes(nodes)
-        end
-      else
+          case nodes do
+            [] -> lookup_failed(state, :no_valid_names)
+            nodes -> state |> lookup_recovered() |> apply_nodes(nodes)
+          end
+
         {:error, reason} ->
           emit_lookup(state, duration, 0, 0, {:error, reason})
           lookup_failed(state, reason)
@@ -375,13 +383,15 @@ defmodule ClusterSRV.Strategy do
     %{state | timer: Process.send_after(self(), :poll, state.config.polling_interval)}
   end
 
-  defp node_names(records, config) do
-    Resolver.node_names(records,
+  defp node_names(records, config), do: Resolver.node_names(records, naming_options(config))
+
+  defp naming_options(config) do
+    [
       application_name: config.application_name,
       domain: config.domain,
       node_naming: config.node_naming,
       max_nodes: config.max_nodes
-    )
+    ]
   end
 
   # -- The user's resolver function --------------------------------------------------------------
@@ -475,18 +485,17 @@ defmodule ClusterSRV.Strategy do
 
     # libcluster's meta: the listed nodes we know or see connected, plus those still being
     # disconnected. Connects add their node when they succeed.
+    # (meta ∩ listed) ∪ (listed ∩ connected), computed as listed ∩ (meta ∪ connected).
     meta =
-      state.meta
-      |> MapSet.intersection(listed)
-      |> MapSet.union(MapSet.intersection(listed, connected))
+      listed
+      |> MapSet.intersection(MapSet.union(state.meta, connected))
       |> MapSet.union(MapSet.new(to_disconnect))
       |> MapSet.delete(me)
 
-    debug(
-      state,
+    debug(state, fn ->
       "DNS lists #{length(nodes)} nodes; connecting #{length(to_connect)}, " <>
         "disconnecting #{length(to_disconnect)}"
-    )
+    end)
 
     jobs = Enum.map(to_disconnect, &{:disconnect, &1}) ++ Enum.map(to_connect, &{:connect, &1})
 
@@ -707,9 +716,11 @@ defmodule ClusterSRV.Strategy do
 
   defp call({m, f, args}, extra), do: apply(m, f, args ++ extra)
 
+  # The message may be a function, so that a poll builds no text unless debug is on.
   defp debug(state, message) do
     if Application.get_env(:libcluster, :debug, false) not in [nil, false, "false"] do
-      Logger.debug(prefix(state, message))
+      text = if is_function(message, 0), do: message.(), else: message
+      Logger.debug(prefix(state, text))
     end
   end
 

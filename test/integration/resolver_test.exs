@@ -256,6 +256,51 @@ defmodule ClusterSRV.Integration.ResolverTest do
     end
   end
 
+  describe "async_discover/3" do
+    test "replies with node names, rejections and the record count, not the records",
+         %{dns: dns, resolver: resolver} do
+      DNS.update!(dns, [
+        "update add mixed.default.svc.cluster.local. 5 IN SRV 0 50 4370 ok-0.mixed.default.svc.cluster.local.",
+        "update add mixed.default.svc.cluster.local. 5 IN SRV 0 50 4369 ok-0.mixed.default.svc.cluster.local.",
+        "update add mixed.default.svc.cluster.local. 5 IN SRV 0 50 4370 elsewhere.example.com."
+      ])
+
+      ref =
+        Resolver.async_discover(resolver, "mixed.default.svc.cluster.local.",
+          application_name: "app",
+          domain: "mixed.default.svc.cluster.local"
+        )
+
+      assert_receive {:cluster_srv_lookup, ^ref, {:ok, answer}}, 2_000
+
+      assert answer == %{
+               records: 3,
+               nodes: [:"app@ok-0.mixed.default.svc.cluster.local"],
+               rejected: [{"elsewhere.example.com", :outside_domain}]
+             }
+    end
+
+    test "with node_naming: :ip, names come from the addresses", %{resolver: resolver} do
+      ref =
+        Resolver.async_discover(resolver, Zone.service_name(@service),
+          application_name: "myapp",
+          node_naming: :ip
+        )
+
+      assert_receive {:cluster_srv_lookup, ^ref, {:ok, %{nodes: nodes}}}, 2_000
+      assert nodes == [:"myapp@127.0.0.10", :"myapp@127.0.0.11", :"myapp@127.0.0.12"]
+    end
+
+    test "errors come in the same message shape", %{resolver: resolver} do
+      ref =
+        Resolver.async_discover(resolver, "missing.default.svc.cluster.local.",
+          application_name: "a"
+        )
+
+      assert_receive {:cluster_srv_lookup, ^ref, {:error, :nxdomain}}, 2_000
+    end
+  end
+
   describe "nameserver forms reach the same server" do
     test "string, {ip_string, port} and {ip_tuple, port}", %{dns: dns} do
       for form <- ["127.0.0.1:#{dns.port}", {"127.0.0.1", dns.port}, {{127, 0, 0, 1}, dns.port}] do

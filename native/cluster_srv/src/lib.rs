@@ -34,9 +34,11 @@ mod nif {
             ttl,
             target,
             addresses,
-            nif,
+                        nif,
             task,
-            ip,
+            nodes,
+            records,
+            rejected,ip,
         }
     }
 
@@ -125,16 +127,119 @@ mod nif {
         tag: Term<'a>,
     ) -> Term<'a> {
         guarded(env, || {
-            let name = String::from_utf8(name.as_slice().to_vec());
+            let name = utf8_name(name);
             spawn_reply(env, tag, async move {
-                match name {
-                    Ok(name) => resource.resolver.lookup(&name, fill_addresses).await,
-                    Err(error) => Err(Error::InvalidName(
-                        String::from_utf8_lossy(error.as_bytes()).into_owned(),
-                    )),
-                }
+                let records = resource.resolver.lookup(&name?, fill_addresses).await?;
+                Ok(Answer::Records(records))
             })
         })
+    }
+
+    /// Starts a lookup whose answer is turned into node names on the runtime, so the caller
+    /// receives only `{:cluster_srv_lookup, tag, {:ok, %{records: count, nodes: [atom],
+    /// rejected: [{target, reason}]}} | {:error, reason}}`. This is the strategy's poll: none
+    /// of the answer's records reach the caller's heap, and no scheduler runs the validation.
+    #[rustler::nif]
+    #[allow(clippy::too_many_arguments)]
+    fn start_discover<'a>(
+        env: Env<'a>,
+        resource: ResourceArc<ResolverResource>,
+        name: Binary<'a>,
+        basename: String,
+        domain: Option<String>,
+        naming: Atom,
+        max_nodes: usize,
+        tag: Term<'a>,
+    ) -> Term<'a> {
+        guarded(env, || {
+            let name = utf8_name(name);
+            let rules = rules(basename, domain, naming, max_nodes);
+            spawn_reply(env, tag, async move {
+                let fill = rules.naming == Naming::Ip;
+                let records = resource.resolver.lookup(&name?, fill).await?;
+                let outcome = names::node_names(candidates(&records), &rules);
+                Ok(Answer::Names {
+                    records: records.len(),
+                    outcome,
+                })
+            })
+        })
+    }
+
+    fn utf8_name(name: Binary<'_>) -> Result<String, Error> {
+        String::from_utf8(name.as_slice().to_vec()).map_err(|error| {
+            Error::InvalidName(String::from_utf8_lossy(error.as_bytes()).into_owned())
+        })
+    }
+
+    fn rules(basename: String, domain: Option<String>, naming: Atom, max_nodes: usize) -> Rules {
+        let naming = if naming == atoms::ip() {
+            Naming::Ip
+        } else {
+            Naming::Hostname
+        };
+        Rules {
+            basename,
+            domain,
+            naming,
+            max_nodes,
+        }
+    }
+
+    fn candidates(records: &[SrvRecord]) -> impl Iterator<Item = Candidate<'_>> {
+        records.iter().map(|record| Candidate {
+            target: record.target.as_bytes(),
+            addresses: &record.addresses,
+        })
+    }
+
+    /// What a lookup task sends back.
+    enum Answer {
+        Records(Vec<SrvRecord>),
+        Names {
+            records: usize,
+            outcome: names::Outcome,
+        },
+    }
+
+    impl Answer {
+        fn encode<'a>(&self, env: Env<'a>) -> Result<Term<'a>, Error> {
+            match self {
+                Answer::Records(records) => Ok(encode_records(env, records)),
+                Answer::Names { records, outcome } => {
+                    let (nodes, rejected) = encode_outcome(env, outcome)?;
+                    let keys = [atoms::nodes(), atoms::records(), atoms::rejected()]
+                        .map(|k| k.encode(env));
+                    let values = [nodes, records.encode(env), rejected];
+                    Term::map_from_term_arrays(env, &keys, &values)
+                        .map_err(|_| Error::Io("cannot build the answer map".to_string()))
+                }
+            }
+        }
+    }
+
+    /// Node names as atoms (made only here, for names that passed validation) and rejections
+    /// as `{target, reason}`.
+    fn encode_outcome<'a>(
+        env: Env<'a>,
+        outcome: &names::Outcome,
+    ) -> Result<(Term<'a>, Term<'a>), Error> {
+        let mut accepted = Vec::with_capacity(outcome.names.len());
+        for name in &outcome.names {
+            let atom = Atom::from_str(env, name).map_err(|_| {
+                Error::Io(format!(
+                    "cannot make an atom of the validated name {name:?}"
+                ))
+            })?;
+            accepted.push(atom);
+        }
+        let mut rejected = Vec::with_capacity(outcome.rejected.len());
+        for (target, reason) in &outcome.rejected {
+            let reason = Atom::from_str(env, reason.as_str())
+                .map_err(|_| Error::Io("cannot encode a rejection".to_string()))?;
+            rejected.push((target.as_str(), reason));
+        }
+        Ok((accepted.encode(env), rejected.encode(env)))
     }
 
     /// An address as `:inet` writes it: `{a, b, c, d}` or `{a, b, c, d, e, f, g, h}`.
@@ -164,8 +269,9 @@ mod nif {
     }
 
     /// Validates targets into node names; see `names::node_names`. Takes `[{target, addresses}]`
-    /// and returns `{:ok, {node_atoms, [{target, reason}]}}`. Atoms are made only for accepted
-    /// names, after the cap, so DNS data can never add more than `max_nodes` atoms per call.
+    /// and returns `{:ok, %{records: count, nodes: [atom], rejected: [{target, reason}]}}`.
+    /// Atoms are made only for accepted names, after the cap, so DNS data can never add more
+    /// than `max_nodes` atoms per call.
     #[rustler::nif]
     fn node_names<'a>(
         env: Env<'a>,
@@ -176,17 +282,7 @@ mod nif {
         max_nodes: usize,
     ) -> Term<'a> {
         guarded(env, || {
-            let naming = if naming == atoms::ip() {
-                Naming::Ip
-            } else {
-                Naming::Hostname
-            };
-            let rules = Rules {
-                basename,
-                domain,
-                naming,
-                max_nodes,
-            };
+            let rules = rules(basename, domain, naming, max_nodes);
             let addresses: Vec<Vec<IpAddr>> = candidates
                 .iter()
                 .map(|(_, ips)| ips.iter().map(|ip| ip.0).collect())
@@ -201,42 +297,22 @@ mod nif {
                     }),
                 &rules,
             );
-            let mut accepted = Vec::with_capacity(outcome.names.len());
-            for name in &outcome.names {
-                match Atom::from_str(env, name) {
-                    Ok(atom) => accepted.push(atom),
-                    Err(_) => {
-                        let message = format!("cannot make an atom of the validated name {name:?}");
-                        return (atoms::error(), Error::Io(message)).encode(env);
-                    }
-                }
-            }
-            let rejected: NifResult<Vec<(&str, Atom)>> = outcome
-                .rejected
-                .iter()
-                .map(|(target, reason)| Ok((target.as_str(), rejection_atom(env, *reason)?)))
-                .collect();
-            match rejected {
-                Ok(rejected) => (atoms::ok(), (accepted, rejected)).encode(env),
-                Err(_) => (
-                    atoms::error(),
-                    Error::Io("cannot encode a rejection".into()),
-                )
-                    .encode(env),
+            let answer = Answer::Names {
+                records: candidates.len(),
+                outcome,
+            };
+            match answer.encode(env) {
+                Ok(answer) => (atoms::ok(), answer).encode(env),
+                Err(error) => (atoms::error(), error).encode(env),
             }
         })
-    }
-
-    // The reasons are a closed set of our own words, never DNS data.
-    fn rejection_atom(env: Env<'_>, reason: names::Rejection) -> NifResult<Atom> {
-        Atom::from_str(env, reason.as_str())
     }
 
     /// Runs `work` on the shared runtime and sends its result to the caller, tagged with `tag`.
     /// A panic inside `work` is caught there and sent as `{:error, {:panic, message}}`.
     fn spawn_reply<'a, F>(env: Env<'a>, tag: Term<'a>, work: F) -> Term<'a>
     where
-        F: std::future::Future<Output = Result<Vec<SrvRecord>, Error>> + Send + 'static,
+        F: std::future::Future<Output = Result<Answer, Error>> + Send + 'static,
     {
         let runtime = match resolver::runtime() {
             Ok(runtime) => runtime,
@@ -307,11 +383,11 @@ mod nif {
             }
         }
 
-        fn send(mut self, result: Result<Vec<SrvRecord>, Error>) {
+        fn send(mut self, result: Result<Answer, Error>) {
             self.deliver(result);
         }
 
-        fn deliver(&mut self, result: Result<Vec<SrvRecord>, Error>) {
+        fn deliver(&mut self, result: Result<Answer, Error>) {
             let Some(mut owned) = self.owned.take() else {
                 return;
             };
@@ -322,8 +398,8 @@ mod nif {
             let tag = self.tag.clone();
             // A send fails only when the caller has exited, and then nobody is waiting.
             let _ = owned.send_and_clear(&self.pid, |env| {
-                let result = match &result {
-                    Ok(records) => (atoms::ok(), encode_records(env, records)).encode(env),
+                let result = match result.and_then(|answer| answer.encode(env)) {
+                    Ok(answer) => (atoms::ok(), answer).encode(env),
                     Err(error) => (atoms::error(), error).encode(env),
                 };
                 (atoms::cluster_srv_lookup(), tag.load(env), result)

@@ -4,7 +4,6 @@
 //! where the rules say it must, and fits in an atom. Only the names accepted here ever become
 //! atoms, and at most `max_nodes` of them per answer.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use hickory_resolver::proto::rr::Name;
@@ -116,42 +115,70 @@ pub fn node_names<'a>(
     candidates: impl IntoIterator<Item = Candidate<'a>>,
     rules: &Rules,
 ) -> Outcome {
-    let mut outcome = Outcome::default();
-    let mut seen: HashSet<String> = HashSet::new();
-    for candidate in candidates {
-        let target = canonical(candidate.target);
-        let name = check_target(&target, rules).and_then(|host| {
-            let host = match rules.naming {
-                Naming::Hostname => host.to_string(),
-                Naming::Ip => address_host(candidate.addresses).ok_or(Rejection::NoAddress)?,
-            };
-            let name = format!("{}@{}", rules.basename, host);
-            if name.len() > MAX_ATOM_LENGTH {
-                Err(Rejection::TooLong)
-            } else {
-                Ok(name)
-            }
-        });
-        match name {
-            // CoreDNS sends one record per port, so the same name comes again: keep it once.
-            Ok(name) if seen.contains(&name) => {}
-            Ok(_) if outcome.names.len() >= rules.max_nodes => {
-                outcome.rejected.push((target, Rejection::OverMaxNodes));
-            }
-            Ok(name) => {
-                seen.insert(name.clone());
-                outcome.names.push(name);
-            }
-            Err(reason) => outcome.rejected.push((target, reason)),
+    let candidates: Vec<Candidate<'a>> = candidates.into_iter().collect();
+    let mut rejected = Vec::new();
+    let mut accepted: Vec<(usize, String)> = Vec::with_capacity(candidates.len());
+    // One buffer for every target's canonical form: most targets need no allocation of their own.
+    let mut target = String::new();
+    for (order, candidate) in candidates.iter().enumerate() {
+        canonical_into(candidate.target, &mut target);
+        match node_name(&target, candidate.addresses, rules) {
+            Ok(name) => accepted.push((order, name)),
+            Err(reason) => rejected.push((target.clone(), reason)),
         }
     }
-    outcome
+    // CoreDNS sends one record per port, so the same name comes again: keep its first place.
+    accepted.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    accepted.dedup_by(|later, first| later.1 == first.1);
+    accepted.sort_unstable_by_key(|(order, _)| *order);
+
+    let mut names = Vec::with_capacity(accepted.len().min(rules.max_nodes));
+    for (order, name) in accepted {
+        if names.len() < rules.max_nodes {
+            names.push(name);
+        } else {
+            canonical_into(candidates[order].target, &mut target);
+            rejected.push((target.clone(), Rejection::OverMaxNodes));
+        }
+    }
+    Outcome { names, rejected }
 }
 
-/// Lowercase, without one trailing dot, and as text (invalid UTF-8 is kept visible, lossily).
-fn canonical(target: &[u8]) -> String {
+/// Writes `target` lowercase, without one trailing dot, into `out` (invalid UTF-8 is kept
+/// visible, lossily).
+fn canonical_into(target: &[u8], out: &mut String) {
+    out.clear();
     let trimmed = target.strip_suffix(b".").unwrap_or(target);
-    String::from_utf8_lossy(trimmed).to_ascii_lowercase()
+    if trimmed.is_ascii() {
+        out.extend(
+            trimmed
+                .iter()
+                .map(|byte| char::from(byte.to_ascii_lowercase())),
+        );
+    } else {
+        out.push_str(&String::from_utf8_lossy(trimmed).to_lowercase());
+    }
+}
+
+fn node_name(target: &str, addresses: &[IpAddr], rules: &Rules) -> Result<String, Rejection> {
+    let host = check_target(target, rules)?;
+    let ip;
+    let host = match rules.naming {
+        Naming::Hostname => host,
+        Naming::Ip => {
+            ip = address_host(addresses).ok_or(Rejection::NoAddress)?;
+            ip.as_str()
+        }
+    };
+    let length = rules.basename.len() + 1 + host.len();
+    if length > MAX_ATOM_LENGTH {
+        return Err(Rejection::TooLong);
+    }
+    let mut name = String::with_capacity(length);
+    name.push_str(&rules.basename);
+    name.push('@');
+    name.push_str(host);
+    Ok(name)
 }
 
 fn check_target<'t>(target: &'t str, rules: &Rules) -> Result<&'t str, Rejection> {

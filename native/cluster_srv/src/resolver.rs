@@ -9,7 +9,7 @@
 //!
 //! Everything here is plain Rust: `cargo test` exercises it without a BEAM.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -147,7 +147,12 @@ pub struct SrvResolver {
     // One multiplexed TCP connection per server, opened at the first truncated answer and kept:
     // a burst of lookups must not open a connection each and overflow the server's listen queue.
     tcp: tokio::sync::Mutex<HashMap<SocketAddr, DnsExchange<TokioRuntimeProvider>>>,
+    // Questions whose answers came back truncated over UDP: asked over TCP from then on.
+    large_answers: tokio::sync::Mutex<HashSet<Query>>,
 }
+
+/// Most questions remembered as having large answers; a poller asks one or two.
+const MAX_LARGE_ANSWERS: usize = 64;
 
 /// Most TCP queries one connection carries at once (hickory's default is 32).
 const TCP_MAX_IN_FLIGHT: usize = 256;
@@ -191,6 +196,7 @@ impl SrvResolver {
             deadline: overall_deadline(options),
             provider: TokioRuntimeProvider::default(),
             tcp: tokio::sync::Mutex::new(HashMap::new()),
+            large_answers: tokio::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -313,12 +319,21 @@ impl SrvResolver {
         options.edns_payload_len = EDNS_PAYLOAD;
         let request = DnsRequest::from_query(query.clone(), options);
 
-        let mut udp = UdpClientStream::builder(server, self.provider.clone())
-            .with_timeout(Some(self.timeout))
-            .build();
-        let response = first_response(udp.send_message(request.clone())).await?;
-        if !response.metadata.truncation {
-            return answer_to(response.into_message(), &query);
+        // A poller asks the same name again and again: once its answer was too large for UDP,
+        // ask it over TCP directly rather than pay for a truncated answer first every time.
+        let large = self.large_answers.lock().await.contains(&query);
+        if !large {
+            let mut udp = UdpClientStream::builder(server, self.provider.clone())
+                .with_timeout(Some(self.timeout))
+                .build();
+            let response = first_response(udp.send_message(request.clone())).await?;
+            if !response.metadata.truncation {
+                return answer_to(response.into_message(), &query);
+            }
+            let mut large_answers = self.large_answers.lock().await;
+            if large_answers.len() < MAX_LARGE_ANSWERS {
+                large_answers.insert(query.clone());
+            }
         }
 
         let response = self.tcp_query(server, request).await?;
@@ -523,17 +538,21 @@ pub fn map_net_error(error: NetError) -> Error {
 /// Builds the records of an answer: every SRV record is kept (CoreDNS sends one per port), with
 /// the A/AAAA addresses of its target taken from the additional section.
 pub fn build_records(answers: &[Record], additionals: &[Record]) -> Vec<SrvRecord> {
+    let addresses = address_index(additionals);
     let mut records: Vec<SrvRecord> = answers
         .iter()
         .filter_map(|record| match &record.data {
-            RData::SRV(srv) => Some(SrvRecord {
-                priority: srv.priority,
-                weight: srv.weight,
-                port: srv.port,
-                ttl: record.ttl,
-                target: names::normalize_target(&srv.target),
-                addresses: addresses_of(&srv.target, additionals),
-            }),
+            RData::SRV(srv) => {
+                let target = names::normalize_target(&srv.target);
+                Some(SrvRecord {
+                    priority: srv.priority,
+                    weight: srv.weight,
+                    port: srv.port,
+                    ttl: record.ttl,
+                    addresses: addresses.get(target.as_str()).cloned().unwrap_or_default(),
+                    target,
+                })
+            }
             _ => None,
         })
         .collect();
@@ -541,23 +560,25 @@ pub fn build_records(answers: &[Record], additionals: &[Record]) -> Vec<SrvRecor
     records
 }
 
-fn addresses_of(target: &Name, additionals: &[Record]) -> Vec<IpAddr> {
-    let mut addresses = Vec::new();
+/// The A/AAAA addresses of the additional section, by owner in canonical form. One pass:
+/// CoreDNS sends an address for every target, and a 500-pod answer must not cost 500 × 500
+/// name comparisons.
+fn address_index(additionals: &[Record]) -> HashMap<String, Vec<IpAddr>> {
+    let mut index: HashMap<String, Vec<IpAddr>> = HashMap::new();
     for record in additionals {
-        // Name equality in DNS ignores case.
-        if record.name != *target {
-            continue;
-        }
         let address = match &record.data {
             RData::A(a) => IpAddr::V4(a.0),
             RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
             _ => continue,
         };
+        let addresses = index
+            .entry(names::normalize_target(&record.name))
+            .or_default();
         if !addresses.contains(&address) {
             addresses.push(address);
         }
     }
-    addresses
+    index
 }
 
 /// Sorts by priority, then target, then the remaining fields, so that the order is stable.
@@ -914,6 +935,49 @@ mod tests {
             ]
         );
         assert_eq!(records[1].addresses, Vec::<IpAddr>::new());
+    }
+
+    #[test]
+    fn every_target_finds_its_address_in_a_large_additional_section() {
+        let owner = "svc.ns.svc.cluster.local.";
+        let answers: Vec<Record> = (0..500)
+            .map(|i| {
+                srv(
+                    owner,
+                    0,
+                    1,
+                    4370,
+                    &format!("pod-{i}.svc.ns.svc.cluster.local."),
+                )
+            })
+            .collect();
+        let additionals: Vec<Record> = (0..500)
+            .rev()
+            .map(|i| {
+                a(
+                    &format!("POD-{i}.svc.ns.svc.cluster.local."),
+                    [10, 0, (i / 250) as u8, (i % 250) as u8],
+                )
+            })
+            .collect();
+        let records = build_records(&answers, &additionals);
+        assert_eq!(records.len(), 500);
+        for record in &records {
+            let i: usize = record.target["pod-".len()..record.target.find('.').unwrap()]
+                .parse()
+                .unwrap();
+            assert_eq!(
+                record.addresses,
+                vec![IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    0,
+                    (i / 250) as u8,
+                    (i % 250) as u8
+                ))],
+                "{}",
+                record.target
+            );
+        }
     }
 
     #[test]
