@@ -6,7 +6,7 @@ DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:/usr/sbin:$(PATH)
 
-.PHONY: setup build test demo clean check-no-leftovers
+.PHONY: setup build test demo bench clean check-no-leftovers
 
 setup:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -39,6 +39,11 @@ check-no-leftovers:
 
 demo: setup
 	mix run demo/demo.exs
+
+# Measures and reports; it asserts nothing, and CI does not run it. BENCH_QUICK=1 for a short run.
+bench: setup
+	@command -v gnuplot >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends gnuplot-nox; }
+	mix run bench/bench.exs
 
 clean:
 	mix clean

@@ -56,6 +56,10 @@ defmodule ClusterSRV.Bench.Clients do
     0
   end
 
+  @doc "Releases what `prepare/3` opened."
+  def close({:floor, socket, _port, _packet}), do: :gen_udp.close(socket)
+  def close(_prepared), do: :ok
+
   defp truncated?(<<_id::16, _qr::1, _op::4, _aa::1, tc::1, _::bitstring>>), do: tc == 1
 
   # A standard query for SRV, id 0x5353, recursion desired, no EDNS (as :inet_res asks).

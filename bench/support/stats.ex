@@ -16,7 +16,10 @@ defmodule ClusterSRV.Bench.Stats do
     sorted = Enum.sort(samples)
     n = length(sorted)
     mid = div(n, 2)
-    if rem(n, 2) == 1, do: Enum.at(sorted, mid), else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, mid),
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
   end
 
   def percentile(samples, p) do

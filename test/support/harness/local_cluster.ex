@@ -35,6 +35,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
     :config,
     :subscriber,
     :registry,
+    strategy: ClusterSRV.Strategy,
     dist_port: 4370,
     pods: %{},
     dead: %{},
@@ -44,9 +45,9 @@ defmodule ClusterSRV.Harness.LocalCluster do
   @doc """
   Prepares a cluster on an existing `ClusterSRV.Harness.DNS`. Options: `:service`,
   `:namespace` (default `"default"`), `:app` (default `"myapp"`), `:layout`,
-  `:polling_interval` (default 1_000), `:subnet` (the first three octets of the pods'
+    `:polling_interval` (default 1_000), `:subnet` (the first three octets of the pods'
   addresses; default a random one in 127.0.0.0/8), `:subscriber`, `:config` (extra strategy
-  config).
+  config), `:strategy` (the module each pod runs; default `ClusterSRV.Strategy`).
   """
   def start!(opts) do
     dns = Keyword.fetch!(opts, :dns)
@@ -97,7 +98,8 @@ defmodule ClusterSRV.Harness.LocalCluster do
       layout: layout,
       app: app,
       config: config,
-      subscriber: Keyword.get(opts, :subscriber)
+      subscriber: Keyword.get(opts, :subscriber),
+      strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy)
     }
   end
 
@@ -151,6 +153,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
            ip: ip,
            app: cluster.app,
            config: cluster.config,
+           strategy: cluster.strategy,
            dist_port: cluster.dist_port,
            inetrc: cluster.inetrc,
            dir: cluster.dir,

@@ -22,7 +22,8 @@ defmodule ClusterSRV.Harness.Pod do
   Starts a pod. Options:
 
     * `:label`, `:host`, `:ip`, `:app` - the pod's name is `app@host`, on `ip`;
-    * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
+        * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
+    * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
     * `:dist_port`, `:inetrc`, `:cookie` - the cluster's shared distribution settings;
     * `:dir` - where to write the pod's config;
     * `:subscriber` - a process that gets `{:pod_event, label, event, at_ms}` for each report.
@@ -68,7 +69,8 @@ defmodule ClusterSRV.Harness.Pod do
       config_path,
       :erlang.term_to_binary(%{
         topology: Keyword.get(opts, :topology, :k8s),
-        config: opts[:config]
+        config: opts[:config],
+        strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy)
       })
     )
 

@@ -1,11 +1,12 @@
 defmodule ClusterSRV.Harness.PodAgent do
   @moduledoc """
-  The code that runs inside a pod: a real BEAM node that starts `ClusterSRV.Strategy` the way
-  libcluster's `Cluster.Supervisor` does, and reports what happens on its standard output.
+    The code that runs inside a pod: a real BEAM node that starts `ClusterSRV.Strategy` (or, for
+  the benchmarks' baseline, another strategy module) the way libcluster's `Cluster.Supervisor`
+  does, and reports what happens on its standard output.
 
   Lines that start with `@@ ` are for the controller (`ClusterSRV.Harness.Pod`):
 
-    * `@@ ready <node> <os pid>` - the strategy is running;
+        * `@@ ready <node> <os pid>` - the node is up and its strategy is starting;
     * `@@ nodes <node>,<node>,...` - the connected nodes, each time they change;
     * `@@ connect <node>` and `@@ connected <node> <result> <ms>` - each connect call the
       strategy itself makes, and how it ended, so that tests can tell the strategy's connects
@@ -17,7 +18,9 @@ defmodule ClusterSRV.Harness.PodAgent do
   @doc "Runs the pod from the config file the controller wrote; never returns."
   def main(config_path) do
     %{topology: topology, config: config} =
-      config_path |> File.read!() |> :erlang.binary_to_term()
+      settings = config_path |> File.read!() |> :erlang.binary_to_term()
+
+    strategy = Map.get(settings, :strategy, ClusterSRV.Strategy)
 
     Logger.configure(level: :info)
     watcher = spawn_link(&watch_nodes/0)
@@ -26,11 +29,13 @@ defmodule ClusterSRV.Harness.PodAgent do
     spec = [config: config, connect: {__MODULE__, :connect, []}]
     state = Cluster.Strategy.State.for_topology(topology, spec)
 
-    # Cluster.Supervisor's child spec for a topology.
-    child = %{id: topology, start: {ClusterSRV.Strategy, :start_link, [[state]]}}
-    {:ok, _sup} = Supervisor.start_link([child], strategy: :one_for_one)
-
+    # Ready means the node is up and its strategy is starting: a strategy whose start blocks (the
+    # benchmark's baseline polls and connects inside init) must not hide that the pod runs.
     say("ready #{node()} #{System.pid()}")
+
+    # Cluster.Supervisor's child spec for a topology.
+    child = %{id: topology, start: {strategy, :start_link, [[state]]}}
+    {:ok, _sup} = Supervisor.start_link([child], strategy: :one_for_one)
     Process.sleep(:infinity)
   end
 

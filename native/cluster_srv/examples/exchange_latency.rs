@@ -1,0 +1,269 @@
+//! Where the time of one small SRV lookup goes, without the BEAM: `make bench` runs this against
+//! the benchmark's BIND for the 3-record answer. (The raw modes do not follow truncation over
+//! TCP, so they are not for large answers.)
+//!
+//!     cargo run --release --example exchange_latency -- <bind port> <name> <rounds> <per round>
+//!
+//! Each mode but `cluster_srv_lookup_handed_off` runs its lookups inside one task, so those
+//! figures hold no handoff from outside the runtime; that one starts each lookup from outside,
+//! as the NIF does. Modes alternate round by round. Output: `RESULT <mode> <median µs> <p90 µs>
+//! <CPU µs per lookup>`, CPU being this process's user + system time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_srv::resolver::{runtime, Options, SrvResolver};
+use futures_util::StreamExt;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::udp::UdpClientStream;
+use hickory_resolver::net::xfer::DnsRequestSender;
+use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Message, Query};
+use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::TokioResolver;
+
+const MODES: [&str; 7] = [
+    "raw_udp",
+    "raw_fresh_socket",
+    "hickory_udp_stream",
+    "cluster_srv_lookup",
+    "cluster_srv_lookup_handed_off",
+    "hickory_resolver_1_worker",
+    "hickory_resolver_2_workers",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 5 {
+        eprintln!("usage: exchange_latency <bind port> <name> <rounds> <per round>");
+        std::process::exit(2);
+    }
+    let port: u16 = args[1].parse().expect("a port");
+    let name = args[2].clone();
+    let rounds: usize = args[3].parse().expect("a number of rounds");
+    let per_round: usize = args[4].parse().expect("a number of lookups");
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let one = runtime().expect("the shared runtime");
+    let two = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a 2-worker runtime");
+
+    let ours = Arc::new(
+        SrvResolver::new(&Options {
+            nameservers: vec![server],
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+        })
+        .expect("a resolver"),
+    );
+    let hickory_one = Arc::new(hickory_resolver(server, one));
+    let hickory_two = Arc::new(hickory_resolver(server, &two));
+
+    let mut samples: Vec<Vec<u128>> = vec![Vec::new(); MODES.len()];
+    let mut cpu: Vec<Duration> = vec![Duration::ZERO; MODES.len()];
+    for _ in 0..rounds {
+        for (index, mode) in MODES.iter().enumerate() {
+            let before = cpu_time();
+            let times = match *mode {
+                "raw_udp" => {
+                    one.block_on(one.spawn(raw_udp(server, name.clone(), per_round, false)))
+                }
+                "raw_fresh_socket" => {
+                    one.block_on(one.spawn(raw_udp(server, name.clone(), per_round, true)))
+                }
+                "hickory_udp_stream" => {
+                    one.block_on(one.spawn(udp_stream(server, name.clone(), per_round)))
+                }
+                "cluster_srv_lookup" => {
+                    let (ours, name) = (ours.clone(), name.clone());
+                    one.block_on(one.spawn(async move {
+                        timed(per_round, || async {
+                            ours.lookup(&name, false).await.is_ok()
+                        })
+                        .await
+                    }))
+                }
+                // As the NIF does: each lookup starts from a thread outside the runtime, and its
+                // end wakes that thread. Two handoffs between threads per lookup.
+                "cluster_srv_lookup_handed_off" => {
+                    let mut times = Vec::with_capacity(per_round);
+                    for _ in 0..per_round {
+                        let (ours, name) = (ours.clone(), name.clone());
+                        let started = Instant::now();
+                        let found = one.block_on(
+                            one.spawn(async move { ours.lookup(&name, false).await.is_ok() }),
+                        );
+                        if !matches!(found, Ok(true)) {
+                            panic!("{mode}: a lookup failed");
+                        }
+                        times.push(started.elapsed().as_micros());
+                    }
+                    Ok(Ok(times))
+                }
+                "hickory_resolver_1_worker" => {
+                    let (resolver, name) = (hickory_one.clone(), name.clone());
+                    one.block_on(one.spawn(async move {
+                        timed(per_round, || async {
+                            resolver.srv_lookup(name.as_str()).await.is_ok()
+                        })
+                        .await
+                    }))
+                }
+                _ => {
+                    let (resolver, name) = (hickory_two.clone(), name.clone());
+                    two.block_on(two.spawn(async move {
+                        timed(per_round, || async {
+                            resolver.srv_lookup(name.as_str()).await.is_ok()
+                        })
+                        .await
+                    }))
+                }
+            };
+            cpu[index] += cpu_time().saturating_sub(before);
+            // The outer result is the task's join: a panic in it is a failure too.
+            match times.unwrap_or_else(|join| Err(join.to_string())) {
+                Ok(times) => samples[index].extend(times),
+                Err(error) => panic!("{mode}: {error}"),
+            }
+        }
+    }
+
+    for (index, mode) in MODES.iter().enumerate() {
+        let sorted = {
+            let mut all = samples[index].clone();
+            all.sort_unstable();
+            all
+        };
+        let median = sorted[sorted.len() / 2];
+        let p90 = sorted[sorted.len() * 9 / 10];
+        let cpu_per = cpu[index].as_micros() / sorted.len() as u128;
+        println!("RESULT {mode} {median} {p90} {cpu_per}");
+    }
+}
+
+fn hickory_resolver(server: SocketAddr, runtime: &tokio::runtime::Runtime) -> TokioResolver {
+    let _guard = runtime.enter();
+    let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+    for connection in &mut ns.connections {
+        connection.port = server.port();
+    }
+    let mut opts = ResolverOpts::default();
+    opts.cache_size = 0;
+    opts.attempts = 0;
+    opts.timeout = Duration::from_secs(2);
+    TokioResolver::builder_with_config(
+        ResolverConfig::from_parts(None, vec![], vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .expect("a hickory resolver")
+}
+
+/// Runs `op` `count` times, timing each; fails if any lookup failed.
+async fn timed<F, Fut>(count: usize, op: F) -> Result<Vec<u128>, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        if !op().await {
+            return Err("a lookup failed".to_string());
+        }
+        times.push(started.elapsed().as_micros());
+    }
+    Ok(times)
+}
+
+/// A prebuilt query over plain tokio UDP: on one kept socket, or on a fresh one each time (as
+/// a client that randomises its source port must), reading the answer back with hickory-proto.
+async fn raw_udp(
+    server: SocketAddr,
+    name: String,
+    count: usize,
+    fresh: bool,
+) -> Result<Vec<u128>, String> {
+    let query = query_bytes(&name)?;
+    let mut buffer = vec![0u8; 65_535];
+    let kept = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    kept.connect(server).await.map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let fresh_socket;
+        let socket = if fresh {
+            fresh_socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            fresh_socket
+                .connect(server)
+                .await
+                .map_err(|e| e.to_string())?;
+            &fresh_socket
+        } else {
+            &kept
+        };
+        socket.send(&query).await.map_err(|e| e.to_string())?;
+        let len = socket.recv(&mut buffer).await.map_err(|e| e.to_string())?;
+        if fresh {
+            Message::from_vec(&buffer[..len]).map_err(|e| e.to_string())?;
+        }
+        times.push(started.elapsed().as_micros());
+    }
+    Ok(times)
+}
+
+/// hickory's UDP client stream alone: the exchange our lookups use for each try.
+async fn udp_stream(server: SocketAddr, name: String, count: usize) -> Result<Vec<u128>, String> {
+    let name = Name::from_ascii(&name).map_err(|e| e.to_string())?;
+    let mut stream = UdpClientStream::builder(server, TokioRuntimeProvider::default())
+        .with_timeout(Some(Duration::from_secs(2)))
+        .build();
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let request = DnsRequest::from_query(
+            Query::query(name.clone(), RecordType::SRV),
+            DnsRequestOptions::default(),
+        );
+        match stream.send_message(request).next().await {
+            Some(Ok(_)) => times.push(started.elapsed().as_micros()),
+            other => return Err(format!("no answer: {}", other.is_some())),
+        }
+    }
+    Ok(times)
+}
+
+fn query_bytes(name: &str) -> Result<Vec<u8>, String> {
+    let name = Name::from_ascii(name).map_err(|e| e.to_string())?;
+    let mut message = Message::query();
+    message.metadata.id = 0x5353;
+    message.metadata.recursion_desired = true;
+    message.queries.push(Query::query(name, RecordType::SRV));
+    message.to_vec().map_err(|e| e.to_string())
+}
+
+/// This process's CPU time, to the nanosecond: the sum of every thread's time on a CPU, from
+/// /proc/self/task/*/schedstat (its first field).
+fn cpu_time() -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
