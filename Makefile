@@ -6,7 +6,7 @@ DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:/usr/sbin:$(PATH)
 
-.PHONY: setup build test demo bench clean check-no-leftovers
+.PHONY: setup build test demo bench fuzz fuzz-corpus clean check-no-leftovers
 
 setup:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -23,11 +23,12 @@ build: setup
 test: setup
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --all-features -- -D warnings
-	cargo test
+		cargo test
+	FUZZ_SECONDS=3 cargo test --lib fuzz_for_a_while -- --ignored
 	mix format --check-formatted
 	MIX_ENV=prod mix compile --warnings-as-errors
 	MIX_ENV=test mix compile --warnings-as-errors
-	CLUSTER_SRV_RUN=$(RUN) mix test
+	CLUSTER_SRV_RUN=$(RUN) RUST_BACKTRACE=0 mix test
 	@$(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN)
 
 # The harness must leave no pod VM and no named behind. Everything a run starts carries its
@@ -44,6 +45,15 @@ demo: setup
 bench: setup
 	@command -v gnuplot >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends gnuplot-nox; }
 	mix run bench/bench.exs
+
+# Mutates the hostile corpus for FUZZ_SECONDS (default 60), in release. FUZZ_SEED replays a run.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --lib fuzz -- --include-ignored --nocapture
+
+# Writes the hostile test server's answers as the fuzzing corpus.
+fuzz-corpus: setup
+	mix run -e 'ClusterSRV.Harness.HostileDNS.write_corpus!("native/cluster_srv/fuzz/corpus")'
 
 clean:
 	mix clean

@@ -30,6 +30,7 @@ defmodule ClusterSRV.MixProject do
   # The local cluster harness and the benchmarks' helpers serve the tests, the demo and the
   # benchmarks; they never ship.
   defp elixirc_paths(:prod), do: ["lib"]
+  defp elixirc_paths(:test), do: elixirc_paths(:dev) ++ ["test/stand_ins"]
   defp elixirc_paths(_), do: ["lib", "test/support", "bench/support"]
 
   defp package do

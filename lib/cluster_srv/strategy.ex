@@ -641,15 +641,23 @@ defmodule ClusterSRV.Strategy do
     %{state | failure: reason, failures: 1}
   end
 
-  defp lookup_failed(%{failure: reason} = state, reason) do
-    debug(state, "lookup of #{state.config.query} still failing: #{describe_failure(reason)}")
-    %{state | failures: state.failures + 1}
+  # The same kind of failure is the same problem, even when its text differs from poll to poll
+  # (a malformed answer's decoding error, say): it is logged again only when its kind changes.
+  defp lookup_failed(state, reason) do
+    if failure_kind(reason) == failure_kind(state.failure) do
+      debug(state, fn ->
+        "lookup of #{state.config.query} still failing: #{describe_failure(reason)}"
+      end)
+
+      %{state | failure: reason, failures: state.failures + 1}
+    else
+      warn(state, "lookup of #{state.config.query} now fails with: #{describe_failure(reason)}")
+      %{state | failure: reason, failures: state.failures + 1}
+    end
   end
 
-  defp lookup_failed(state, reason) do
-    warn(state, "lookup of #{state.config.query} now fails with: #{describe_failure(reason)}")
-    %{state | failure: reason, failures: state.failures + 1}
-  end
+  defp failure_kind({kind, _detail}) when is_atom(kind), do: kind
+  defp failure_kind(reason), do: reason
 
   defp lookup_recovered(%{failure: nil} = state), do: state
 

@@ -1,17 +1,3 @@
-defmodule :telemetry do
-  @moduledoc false
-  # A stand-in for the telemetry library, which only hex carries. It routes each event to the
-  # test that registered the event's topology; the strategy calls it as it would the real one.
-  def execute(event, measurements, metadata) do
-    case :persistent_term.get({:telemetry_stand_in, metadata[:topology]}, nil) do
-      nil -> :ok
-      pid -> send(pid, {:telemetry, event, measurements, metadata})
-    end
-
-    :ok
-  end
-end
-
 defmodule ClusterSRV.StrategyTest do
   # Unit tests: DNS is a `resolver` function the test controls, and the connect, disconnect and
   # list_nodes MFAs are probes that report every call. Real DNS and real nodes are in

@@ -5,6 +5,9 @@ pub mod error;
 pub mod names;
 pub mod resolver;
 
+#[cfg(test)]
+mod fuzz;
+
 #[cfg(feature = "nif")]
 mod nif {
     use std::net::IpAddr;

@@ -122,6 +122,11 @@ pub fn node_names<'a>(
     let mut target = String::new();
     for (order, candidate) in candidates.iter().enumerate() {
         canonical_into(candidate.target, &mut target);
+        // Test builds only: proves that a panic in name parsing comes back as an error.
+        #[cfg(feature = "test-panic")]
+        if target == "panic.test-panic.invalid" {
+            panic!("test panic in name parsing");
+        }
         match node_name(&target, candidate.addresses, rules) {
             Ok(name) => accepted.push((order, name)),
             Err(reason) => rejected.push((target.clone(), reason)),

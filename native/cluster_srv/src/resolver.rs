@@ -402,7 +402,7 @@ where
 }
 
 /// The answer must be to our question; hickory's UDP stream checks this too, its TCP one does not.
-fn answer_to(message: Message, query: &Query) -> Result<Message, Error> {
+pub(crate) fn answer_to(message: Message, query: &Query) -> Result<Message, Error> {
     if message.queries.len() == 1 && message.queries[0] == *query {
         Ok(message)
     } else {
@@ -411,7 +411,7 @@ fn answer_to(message: Message, query: &Query) -> Result<Message, Error> {
 }
 
 /// What an answer means for the lookup.
-enum Outcome {
+pub(crate) enum Outcome {
     Answer(Message),
     /// The question is settled: no other server or try would say otherwise.
     Final(Error),
@@ -419,7 +419,7 @@ enum Outcome {
     TryNext(Error),
 }
 
-fn classify(message: Message, record_type: RecordType) -> Outcome {
+pub(crate) fn classify(message: Message, record_type: RecordType) -> Outcome {
     match message.metadata.response_code {
         ResponseCode::NoError => {
             if message
