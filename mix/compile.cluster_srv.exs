@@ -2,10 +2,11 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
   @moduledoc """
   Builds the `cluster_srv` Rust crate with cargo and installs the NIF in the app's priv dir.
 
-  It runs as the first of the project's compilers, so plain `mix compile` (or `mix deps.compile`
+    It runs as the first of the project's compilers, so plain `mix compile` (or `mix deps.compile`
   in an app that depends on `libcluster_srv`) builds everything. The crate is built in the
-  release profile, with cargo's target directory kept beside the Mix build path, so that
-  switching `MIX_ENV` or cleaning the dependency does not rebuild the Rust dependencies.
+  release profile, with cargo's target directory kept beside the Mix build path
+  (`_build/cluster_srv_cargo`), so that switching `MIX_ENV` or cleaning the dependency does not
+  rebuild the Rust dependencies. `CARGO_TARGET_DIR`, when set, is used instead.
 
   When no Rust source, `Cargo.toml` or `Cargo.lock` is newer than the installed library, cargo
   is not run at all.
@@ -97,7 +98,9 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
         """)
 
       cargo ->
-        target_dir = Path.expand("../cluster_srv_cargo", Mix.Project.build_path())
+        target_dir =
+          System.get_env("CARGO_TARGET_DIR") ||
+            Path.expand("../cluster_srv_cargo", Mix.Project.build_path())
 
         args =
           ~w(build --release --package #{@crate} --features #{Enum.join(features, ",")}) ++

@@ -4,8 +4,9 @@ defmodule ClusterSRV.Strategy do
   @moduledoc """
   A libcluster strategy that forms a cluster from the SRV records of a headless service.
 
-  It is a drop-in for `Cluster.Strategy.Kubernetes.DNSSRV`: the same config keys work unchanged,
-  so switching is a matter of changing the module name.
+    It is a drop-in for `Cluster.Strategy.Kubernetes.DNSSRV`: the same config keys work unchanged,
+  so switching is a matter of changing the module name. Without libcluster, the same strategy
+  runs as one child, `{ClusterSRV, opts}` (see `ClusterSRV`).
 
       config :libcluster,
         topologies: [
@@ -146,7 +147,7 @@ defmodule ClusterSRV.Strategy do
   at once: the first lookup runs right after the process has started.
   """
   def start_link([state]) do
-    GenServer.start_link(__MODULE__, build!(state))
+    start_built(build!(state))
   end
 
   def start_link(other) do
@@ -191,6 +192,10 @@ defmodule ClusterSRV.Strategy do
   end
 
   # -- Start ---------------------------------------------------------------------------------
+
+  @doc false
+  # Starts the loop from a state build!/1 validated. Shared with the standalone ClusterSRV.
+  def start_built(%__MODULE__{} = built), do: GenServer.start_link(__MODULE__, built)
 
   @doc false
   # Validates libcluster's state into ours. Shared with the standalone ClusterSRV.

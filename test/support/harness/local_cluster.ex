@@ -36,6 +36,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
     :subscriber,
     :registry,
     strategy: ClusterSRV.Strategy,
+    standalone: false,
     dist_port: 4370,
     pods: %{},
     dead: %{},
@@ -47,7 +48,8 @@ defmodule ClusterSRV.Harness.LocalCluster do
   `:namespace` (default `"default"`), `:app` (default `"myapp"`), `:layout`,
     `:polling_interval` (default 1_000), `:subnet` (the first three octets of the pods'
   addresses; default a random one in 127.0.0.0/8), `:subscriber`, `:config` (extra strategy
-  config), `:strategy` (the module each pod runs; default `ClusterSRV.Strategy`).
+  config), `:strategy` (the module each pod runs; default `ClusterSRV.Strategy`), `:standalone`
+  (each pod runs `{ClusterSRV, config}` instead, without libcluster).
   """
   def start!(opts) do
     dns = Keyword.fetch!(opts, :dns)
@@ -99,7 +101,8 @@ defmodule ClusterSRV.Harness.LocalCluster do
       app: app,
       config: config,
       subscriber: Keyword.get(opts, :subscriber),
-      strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy)
+      strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy),
+      standalone: Keyword.get(opts, :standalone, false)
     }
   end
 
@@ -154,6 +157,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
            app: cluster.app,
            config: cluster.config,
            strategy: cluster.strategy,
+           standalone: cluster.standalone,
            dist_port: cluster.dist_port,
            inetrc: cluster.inetrc,
            dir: cluster.dir,

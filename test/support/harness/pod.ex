@@ -23,7 +23,8 @@ defmodule ClusterSRV.Harness.Pod do
 
     * `:label`, `:host`, `:ip`, `:app` - the pod's name is `app@host`, on `ip`;
         * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
-    * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
+        * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
+    * `:standalone` - run `{ClusterSRV, config}` instead, as an app without libcluster does;
     * `:dist_port`, `:inetrc`, `:cookie` - the cluster's shared distribution settings;
     * `:dir` - where to write the pod's config;
     * `:subscriber` - a process that gets `{:pod_event, label, event, at_ms}` for each report.
@@ -70,7 +71,8 @@ defmodule ClusterSRV.Harness.Pod do
       :erlang.term_to_binary(%{
         topology: Keyword.get(opts, :topology, :k8s),
         config: opts[:config],
-        strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy)
+        strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy),
+        standalone: Keyword.get(opts, :standalone, false)
       })
     )
 

@@ -21,6 +21,7 @@ defmodule ClusterSRV.Harness.PodAgent do
       settings = config_path |> File.read!() |> :erlang.binary_to_term()
 
     strategy = Map.get(settings, :strategy, ClusterSRV.Strategy)
+    standalone? = Map.get(settings, :standalone, false)
 
     Logger.configure(level: :info)
     watcher = spawn_link(&watch_nodes/0)
@@ -33,8 +34,15 @@ defmodule ClusterSRV.Harness.PodAgent do
     # benchmark's baseline polls and connects inside init) must not hide that the pod runs.
     say("ready #{node()} #{System.pid()}")
 
-    # Cluster.Supervisor's child spec for a topology.
-    child = %{id: topology, start: {strategy, :start_link, [[state]]}}
+    child =
+      if standalone? do
+        # The one-line child of ClusterSRV, without libcluster.
+        {ClusterSRV, config ++ [topology: topology, connect: {__MODULE__, :connect, []}]}
+      else
+        # Cluster.Supervisor's child spec for a topology.
+        %{id: topology, start: {strategy, :start_link, [[state]]}}
+      end
+
     {:ok, _sup} = Supervisor.start_link([child], strategy: :one_for_one)
     Process.sleep(:infinity)
   end
