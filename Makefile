@@ -20,7 +20,17 @@ setup:
 build: setup
 	mix compile
 
-test: setup
+# kubernetes-validate (PyPI) checks the example manifests; it lives in a venv of its own.
+VENV := _build/venv
+K8S_VALIDATE := $(VENV)/bin/kubernetes-validate
+K8S_VERSION := 1.37.0
+
+$(K8S_VALIDATE):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+
+test: setup $(K8S_VALIDATE)
+	$(K8S_VALIDATE) --strict --quiet -k $(K8S_VERSION) examples/kubernetes/*.yaml
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --all-features -- -D warnings
 		cargo test

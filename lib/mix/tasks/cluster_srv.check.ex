@@ -1,0 +1,420 @@
+defmodule Mix.Tasks.ClusterSrv.Check do
+  @shortdoc "Checks DNS SRV clustering: what DNS lists, the node names, and this node"
+
+  @moduledoc """
+  Looks up the SRV records the strategy would use, and says what it would do with them.
+
+      mix cluster_srv.check --service S --namespace N --application-name A
+                            [--port-name P] [--protocol tcp] [--query Q] [--cluster-domain D]
+                            [--nameserver IP:PORT]... [--node-naming hostname|ip] [--timeout MS]
+
+  It runs the strategy's own code path (`ClusterSRV.Strategy.discover/1`) and prints:
+
+    * the query name;
+    * each record: priority, weight, port, target, TTL and addresses;
+    * the node names the strategy would connect to;
+    * each rejected target, with its reason.
+
+  Then it checks this node: whether it is distributed, whether it uses long names, and whether
+  its own name is among the node names; when it is not, it says what the other nodes will dial
+  instead. It ends with hints for what it found: SRV targets in dashed-IP form, a name that
+  does not exist, targets outside the service's domain, a service that is not headless.
+
+  Exit status: 0 when the lookup succeeded and at least one node name came out; 1 otherwise; 2
+  for a usage error, such as a missing required flag.
+
+  ## Examples
+
+      mix cluster_srv.check --service myapp-headless --namespace default --application-name myapp
+
+      mix cluster_srv.check --service web-headless --namespace prod --application-name web \\
+        --port-name discovery --nameserver 10.96.0.10
+
+  To check from inside a pod running a release, where Mix is not available, call the task on
+  the live node, which also checks that node's own name:
+
+      bin/myapp rpc 'Mix.Tasks.ClusterSrv.Check.run(~w(--service myapp-headless --namespace default --application-name myapp))'
+  """
+  use Mix.Task
+
+  alias ClusterSRV.{Config, Record, Strategy}
+
+  @switches [
+    service: :string,
+    namespace: :string,
+    application_name: :string,
+    port_name: :string,
+    protocol: :string,
+    query: :string,
+    cluster_domain: :string,
+    nameserver: :keep,
+    node_naming: :string,
+    timeout: :integer,
+    help: :boolean
+  ]
+
+  @impl true
+  def run(argv) do
+    case parse(argv) do
+      {:ok, config} -> config |> check() |> finish()
+      {:usage, message} -> usage(message)
+    end
+  end
+
+  # -- Arguments -------------------------------------------------------------------------------
+
+  defp parse(argv) do
+    case OptionParser.parse(argv, strict: @switches) do
+      {opts, [], []} ->
+        cond do
+          opts[:help] ->
+            {:usage, nil}
+
+          !opts[:application_name] ->
+            {:usage, "--application-name is required"}
+
+          !opts[:query] and !(opts[:service] && opts[:namespace]) ->
+            {:usage, "--service and --namespace are required (or --query)"}
+
+          true ->
+            build_config(opts)
+        end
+
+      {_opts, extra, []} when extra != [] ->
+        {:usage, "unexpected argument(s): #{Enum.join(extra, " ")}"}
+
+      {_opts, _extra, invalid} ->
+        {:usage,
+         "invalid option(s): " <>
+           Enum.map_join(invalid, ", ", fn {flag, value} -> "#{flag} #{value}" end)}
+    end
+  end
+
+  defp build_config(opts) do
+    nameservers = Keyword.get_values(opts, :nameserver)
+
+    config =
+      opts
+      |> Keyword.drop([:nameserver, :help])
+      |> Keyword.put(:timeout, Keyword.get(opts, :timeout, 2_000))
+      |> then(fn config ->
+        if nameservers == [], do: config, else: Keyword.put(config, :nameservers, nameservers)
+      end)
+
+    {validated, _unknown} = Config.strategy!(config)
+    {:ok, validated}
+  rescue
+    error in ArgumentError -> {:usage, Exception.message(error)}
+  end
+
+  defp usage(message) do
+    if message, do: IO.puts(:stderr, "error: #{message}\n")
+
+    IO.puts(:stderr, """
+    usage: mix cluster_srv.check --service S --namespace N --application-name A
+                                 [--port-name P] [--protocol tcp] [--query Q] [--cluster-domain D]
+                                 [--nameserver IP:PORT]... [--node-naming hostname|ip] [--timeout MS]
+
+    See `mix help cluster_srv.check`.\
+    """)
+
+    exit({:shutdown, 2})
+  end
+
+  defp finish(:ok), do: :ok
+  defp finish(:failed), do: exit({:shutdown, 1})
+
+  # -- The check -------------------------------------------------------------------------------
+
+  defp check(%Config{} = config) do
+    nameservers =
+      case config.resolver_options[:nameservers] do
+        [] -> "the system's resolv.conf"
+        list -> Enum.map_join(list, ", ", &to_string/1)
+      end
+
+    section("Query", ["#{config.query} (SRV), asking #{nameservers}"])
+
+    case Strategy.discover(config) do
+      {:ok, %{records: records, nodes: nodes, rejected: rejected}} ->
+        print_records(records)
+
+        section(
+          "Node names the strategy would connect to (#{length(nodes)})",
+          Enum.map(nodes, &inspect/1)
+        )
+
+        print_rejected(rejected, config)
+        self_check(config, records, nodes)
+        hints(config, records, rejected)
+
+        if nodes == [] do
+          result(
+            "FAILED: the answer holds no valid node name; the strategy would keep every node it knows"
+          )
+
+          :failed
+        else
+          result("OK: #{length(nodes)} node name(s)")
+          :ok
+        end
+
+      {:error, reason} ->
+        section("Lookup failed", [describe_error(reason)])
+        self_check(config, [], [])
+        hints_for_error(config, reason)
+        result("FAILED: #{inspect(reason)}")
+        :failed
+    end
+  end
+
+  defp print_records(records) do
+    rows =
+      for %Record{} = r <- records do
+        addresses =
+          if r.addresses == [],
+            do: "-",
+            else: Enum.map_join(r.addresses, ",", &to_string(:inet.ntoa(&1)))
+
+        [
+          to_string(r.priority),
+          to_string(r.weight),
+          to_string(r.port),
+          r.target,
+          to_string(r.ttl),
+          addresses
+        ]
+      end
+
+    section(
+      "Records (#{length(records)})",
+      table(["priority", "weight", "port", "target", "ttl", "addresses"], rows)
+    )
+  end
+
+  defp print_rejected([], _config), do: :ok
+
+  defp print_rejected(rejected, config) do
+    lines =
+      for {target, reason} <- rejected,
+          do: "#{inspect(target)}: #{describe_rejection(reason, config)}"
+
+    section("Rejected targets (#{length(rejected)})", lines)
+  end
+
+  # -- This node --------------------------------------------------------------------------------
+
+  defp self_check(config, records, nodes) do
+    me = Node.self()
+
+    lines =
+      cond do
+        me == :nonode@nohost ->
+          [
+            "✗ not distributed: run the check on the node itself (bin/app rpc ..., see `mix help " <>
+              "cluster_srv.check`), or start with --name #{config.application_name}@<host>"
+          ]
+
+        :net_kernel.longnames() != true ->
+          [
+            "✗ #{inspect(me)} uses short names; DNS names are fully qualified: use --name (RELEASE_DISTRIBUTION=name)"
+          ]
+
+        me in nodes ->
+          [
+            "✓ #{inspect(me)} is distributed with long names, and its name is among the node names"
+          ]
+
+        true ->
+          [
+            "✓ #{inspect(me)} is distributed with long names",
+            "✗ its name is not among the node names"
+          ] ++
+            dialed_instead(config, records, me)
+      end
+
+    section("This node", lines)
+  end
+
+  # Which record is this node's, by host name or address, and what the others will dial for it.
+  defp dialed_instead(config, records, me) do
+    [_, host] = me |> Atom.to_string() |> String.split("@", parts: 2)
+    mine = own_addresses()
+    names = MapSet.new([String.downcase(host) | own_host_names()])
+
+    own =
+      Enum.find(records, fn %Record{target: target, addresses: addresses} ->
+        target in names or Enum.any?(addresses, &(&1 in mine))
+      end)
+
+    case own do
+      nil ->
+        ["  no SRV target is this node, by name or address: the other nodes will never dial it"]
+
+      %Record{target: target, addresses: addresses} ->
+        dialed =
+          case {config.node_naming, addresses} do
+            {:ip, [address | _]} -> "#{config.application_name}@#{:inet.ntoa(address)}"
+            _ -> "#{config.application_name}@#{target}"
+          end
+
+        [
+          "  the other nodes will dial #{inspect(String.to_atom(dialed))} for this pod, but it is named #{inspect(me)}:",
+          "  set RELEASE_NODE=#{dialed} (in rel/env.sh.eex: #{config.application_name}@$(hostname -f), or " <>
+            "#{config.application_name}@$(POD_IP) with node_naming: :ip)"
+        ]
+    end
+  end
+
+  defp own_addresses do
+    interfaces =
+      case :inet.getifaddrs() do
+        {:ok, ifs} -> for {_name, opts} <- ifs, {:addr, address} <- opts, do: address
+        _ -> []
+      end
+
+    case :application.get_env(:kernel, :inet_dist_use_interface) do
+      {:ok, address} -> [address | interfaces]
+      :undefined -> interfaces
+    end
+  end
+
+  defp own_host_names do
+    {:ok, short} = :inet.gethostname()
+
+    [List.to_string(short), :net_adm.localhost() |> List.to_string()]
+    |> Enum.map(&String.downcase/1)
+  end
+
+  # -- Hints -------------------------------------------------------------------------------------
+
+  @dashed_ip ~r/^(\d{1,3}-\d{1,3}-\d{1,3}-\d{1,3}|[0-9a-f]*(-[0-9a-f]*){2,7})\./
+
+  defp hints(config, records, rejected) do
+    hints =
+      [
+        dashed_ip_hint(config, records),
+        outside_hint(config, rejected),
+        service_itself_hint(rejected)
+      ]
+      |> Enum.reject(&is_nil/1)
+
+    if hints != [], do: section("Hints", hints)
+  end
+
+  defp dashed_ip_hint(config, records) do
+    dashed = Enum.filter(records, &Regex.match?(@dashed_ip, &1.target))
+
+    if dashed != [] and config.node_naming == :hostname do
+      "the SRV targets are dashed IPs (#{inspect(hd(dashed).target)}): the pods have no host name in " <>
+        "DNS, so no node is named after them. Either enable CoreDNS's `endpoint_pod_names` option " <>
+        "(in the kubernetes plugin of its Corefile) and give the pods a hostname and a subdomain " <>
+        "matching the service, or name the nodes after their IP (RELEASE_NODE=app@$(POD_IP)) and " <>
+        "use `node_naming: :ip`."
+    end
+  end
+
+  defp outside_hint(config, rejected) do
+    outside = for {target, :outside_domain} <- rejected, do: target
+
+    if outside != [] do
+      "#{length(outside)} target(s) lie outside #{config.domain} (#{inspect(hd(outside))}): the strategy " <>
+        "ignores them. Is this the right service and namespace, and is the DNS answer the cluster's?"
+    end
+  end
+
+  defp service_itself_hint(rejected) do
+    if Enum.any?(rejected, fn {_, reason} -> reason == :service_itself end) do
+      "the SRV target is the service's own name: the service is not headless, so DNS lists the " <>
+        "service rather than its pods. Set `clusterIP: None` on the service."
+    end
+  end
+
+  defp hints_for_error(config, :nxdomain) do
+    causes =
+      if String.starts_with?(config.query, "_") do
+        [
+          "the service has no port with that name: the _<port>._<proto> form needs a named port " <>
+            "(ports[].name) on the service, and --protocol must match it (tcp by default)"
+        ]
+      else
+        []
+      end ++
+        [
+          "a wrong service or namespace: the name asked is #{config.query}",
+          "no ready pods: DNS lists a pod only once it is ready, unless the service sets " <>
+            "`publishNotReadyAddresses: true`, which clustering before readiness needs",
+          "a service without ports: SRV records exist only for a service's ports"
+        ] ++
+        if config.domain do
+          domain = config.query |> String.split(".svc.") |> List.last()
+
+          [
+            "a cluster domain other than #{inspect(domain)}: set --cluster-domain (CLUSTER_DOMAIN)"
+          ]
+        else
+          []
+        end
+
+    section("Hints", [
+      "the name does not exist (NXDOMAIN). Likely causes:" | Enum.map(causes, &("  - " <> &1))
+    ])
+  end
+
+  defp hints_for_error(_config, :no_records) do
+    section("Hints", [
+      "the name exists but holds no SRV records: is it a headless service with ports?"
+    ])
+  end
+
+  defp hints_for_error(_config, reason) when reason in [:timeout, :servfail, :refused] do
+    section("Hints", [
+      "the DNS server did not answer usefully: check --nameserver (or the pod's resolv.conf); " <>
+        "CoreDNS answers SERVFAIL until it has synced with the API server"
+    ])
+  end
+
+  defp hints_for_error(_config, _reason), do: :ok
+
+  defp describe_error(:nxdomain), do: "the name does not exist (NXDOMAIN)"
+  defp describe_error(:no_records), do: "the name exists but has no SRV records"
+  defp describe_error(:timeout), do: "no answer in time"
+  defp describe_error(:servfail), do: "the server answered SERVFAIL"
+  defp describe_error(:refused), do: "the server refused the query"
+  defp describe_error(other), do: inspect(other)
+
+  defp describe_rejection(:invalid_hostname, _), do: "not a valid host name"
+  defp describe_rejection(:too_long, _), do: "too long for a host or node name"
+  defp describe_rejection(:outside_domain, config), do: "outside #{config.domain}"
+
+  defp describe_rejection(:service_itself, _),
+    do: "the service's own name (not a headless service)"
+
+  defp describe_rejection(:no_service, _), do: "\".\": no service"
+  defp describe_rejection(:no_address, _), do: "no address for node_naming: :ip"
+  defp describe_rejection(:over_max_nodes, config), do: "over max_nodes (#{config.max_nodes})"
+  defp describe_rejection(other, _), do: inspect(other)
+
+  # -- Output ------------------------------------------------------------------------------------
+
+  defp section(title, lines) do
+    IO.puts("\n#{title}:")
+    Enum.each(lines, &IO.puts("  " <> &1))
+  end
+
+  defp result(text), do: IO.puts("\n#{text}")
+
+  defp table(header, rows) do
+    widths =
+      Enum.reduce([header | rows], List.duplicate(0, length(header)), fn row, widths ->
+        Enum.zip_with(row, widths, &max(String.length(&1), &2))
+      end)
+
+    for row <- [header | rows] do
+      row
+      |> Enum.zip(widths)
+      |> Enum.map_join("  ", fn {cell, width} -> String.pad_trailing(cell, width) end)
+      |> String.trim_trailing()
+    end
+  end
+end
