@@ -675,13 +675,15 @@ defmodule ClusterSRV.Strategy do
     %{state | failure: nil, failures: 0}
   end
 
-  defp describe_failure(:nxdomain), do: "the name does not exist (NXDOMAIN)"
-  defp describe_failure(:no_records), do: "the name has no SRV records"
-  defp describe_failure(:timeout), do: "no answer in time"
-  defp describe_failure(:servfail), do: "the server answered SERVFAIL"
-  defp describe_failure(:refused), do: "the server refused the query"
-  defp describe_failure(:no_valid_names), do: "the answer held no valid node name"
-  defp describe_failure(other), do: inspect(other)
+  @doc false
+  # Also used by mix cluster_srv.check, so that both say the same.
+  def describe_failure(:nxdomain), do: "the name does not exist (NXDOMAIN)"
+  def describe_failure(:no_records), do: "the name has no SRV records"
+  def describe_failure(:timeout), do: "no answer in time"
+  def describe_failure(:servfail), do: "the server answered SERVFAIL"
+  def describe_failure(:refused), do: "the server refused the query"
+  def describe_failure(:no_valid_names), do: "the answer held no valid node name"
+  def describe_failure(other), do: inspect(other)
 
   defp log_rejections(state, []), do: state
 
@@ -706,24 +708,25 @@ defmodule ClusterSRV.Strategy do
     end)
   end
 
-  defp describe_rejection(:invalid_hostname, _),
+  @doc false
+  def describe_rejection(:invalid_hostname, _),
     do: "not a valid host name (letters, digits and hyphens; labels of 1 to 63 octets)"
 
-  defp describe_rejection(:too_long, _), do: "the host or node name is too long"
+  def describe_rejection(:too_long, _), do: "the host or node name is too long"
 
-  defp describe_rejection(:outside_domain, config),
+  def describe_rejection(:outside_domain, config),
     do: "not under the service's domain #{config.domain}"
 
-  defp describe_rejection(:service_itself, _),
+  def describe_rejection(:service_itself, _),
     do: "the target is the service itself: is the service headless (clusterIP: None)?"
 
-  defp describe_rejection(:no_service, _), do: "the root target \".\" means no service"
-  defp describe_rejection(:no_address, _), do: "no address for node_naming: :ip"
+  def describe_rejection(:no_service, _), do: "the root target \".\" means no service"
+  def describe_rejection(:no_address, _), do: "no address for node_naming: :ip"
 
-  defp describe_rejection(:over_max_nodes, config),
+  def describe_rejection(:over_max_nodes, config),
     do: "more than max_nodes (#{config.max_nodes}) names in one answer"
 
-  defp describe_rejection(other, _), do: inspect(other)
+  def describe_rejection(other, _), do: inspect(other)
 
   # -- libcluster's logs and telemetry -----------------------------------------------------------
 

@@ -139,14 +139,7 @@ defmodule ClusterSRV.Integration.ReleaseTest do
     end
 
     test "three pods started from the release form a full mesh", %{bin: bin, dns: dns} do
-      inetrc = Path.join(Watchdog.tmp_dir("cluster_srv_release_inetrc"), "inetrc")
-
-      File.write!(inetrc, """
-      {resolv_conf, ""}.
-      {hosts_file, ""}.
-      {nameserver, {127,0,0,1}, #{dns.port}}.
-      {lookup, [dns]}.
-      """)
+      inetrc = DNS.write_inetrc!(dns, Path.join(Watchdog.tmp_dir("cluster_srv_inetrc"), "inetrc"))
 
       pods =
         for {label, {a, b, c, d} = ip} <- @service.pods do

@@ -160,7 +160,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
         end
 
       {:error, reason} ->
-        section("Lookup failed", [describe_error(reason)])
+        section("Lookup failed", [Strategy.describe_failure(reason)])
         self_check(config, [], [])
         hints_for_error(config, reason)
         result("FAILED: #{inspect(reason)}")
@@ -197,7 +197,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   defp print_rejected(rejected, config) do
     lines =
       for {target, reason} <- rejected,
-          do: "#{inspect(target)}: #{describe_rejection(reason, config)}"
+          do: "#{inspect(target)}: #{Strategy.describe_rejection(reason, config)}"
 
     section("Rejected targets (#{length(rejected)})", lines)
   end
@@ -375,25 +375,6 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   end
 
   defp hints_for_error(_config, _reason), do: :ok
-
-  defp describe_error(:nxdomain), do: "the name does not exist (NXDOMAIN)"
-  defp describe_error(:no_records), do: "the name exists but has no SRV records"
-  defp describe_error(:timeout), do: "no answer in time"
-  defp describe_error(:servfail), do: "the server answered SERVFAIL"
-  defp describe_error(:refused), do: "the server refused the query"
-  defp describe_error(other), do: inspect(other)
-
-  defp describe_rejection(:invalid_hostname, _), do: "not a valid host name"
-  defp describe_rejection(:too_long, _), do: "too long for a host or node name"
-  defp describe_rejection(:outside_domain, config), do: "outside #{config.domain}"
-
-  defp describe_rejection(:service_itself, _),
-    do: "the service's own name (not a headless service)"
-
-  defp describe_rejection(:no_service, _), do: "\".\": no service"
-  defp describe_rejection(:no_address, _), do: "no address for node_naming: :ip"
-  defp describe_rejection(:over_max_nodes, config), do: "over max_nodes (#{config.max_nodes})"
-  defp describe_rejection(other, _), do: inspect(other)
 
   # -- Output ------------------------------------------------------------------------------------
 

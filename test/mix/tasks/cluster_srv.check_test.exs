@@ -117,13 +117,16 @@ defmodule Mix.Tasks.ClusterSrv.CheckTest do
   test "a service that is not headless is named for what it is", %{dns: dns} do
     {status, output} = check(dns, ~w(--service web --namespace default --application-name web))
     assert status == 1
-    assert output =~ ~s("web.default.svc.cluster.local": the service's own name)
+    assert output =~ ~s("web.default.svc.cluster.local": the target is the service itself)
     assert output =~ "clusterIP: None"
   end
 
   test "targets outside the service's domain are flagged", %{dns: dns} do
     {0, output} = check(dns, ~w(--service odd --namespace default --application-name odd))
-    assert output =~ ~s("evil.example.com": outside odd.default.svc.cluster.local)
+
+    assert output =~
+             ~s("evil.example.com": not under the service's domain odd.default.svc.cluster.local)
+
     assert output =~ "1 target(s) lie outside odd.default.svc.cluster.local"
   end
 
@@ -145,14 +148,7 @@ defmodule Mix.Tasks.ClusterSrv.CheckTest do
     # The check run by `mix` in a VM of its own, named as a pod would be.
     defp check_as(dns, erl_flags, name_flags) do
       dir = ClusterSRV.Harness.Watchdog.tmp_dir("cluster_srv_check")
-      inetrc = Path.join(dir, "inetrc")
-
-      File.write!(inetrc, """
-      {resolv_conf, ""}.
-      {hosts_file, ""}.
-      {nameserver, {127,0,0,1}, #{dns.port}}.
-      {lookup, [dns]}.
-      """)
+      inetrc = DNS.write_inetrc!(dns, Path.join(dir, "inetrc"))
 
       port = DNS.free_port()
 

@@ -40,6 +40,22 @@ defmodule ClusterSRV.Harness.DNS do
   @doc "The nameserver as `ClusterSRV.Resolver` takes it."
   def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
 
+  @doc """
+  Writes an inetrc (for `ERL_INETRC`) that makes a VM resolve host names with this server
+  alone, as pods resolve through the cluster DNS. Returns its path.
+  """
+  def write_inetrc!(%__MODULE__{port: port}, path) do
+    # Without `{resolv_conf, ""}` the system's resolv.conf would replace the nameserver.
+    File.write!(path, """
+    {resolv_conf, ""}.
+    {hosts_file, ""}.
+    {nameserver, {127,0,0,1}, #{port}}.
+    {lookup, [dns]}.
+    """)
+
+    path
+  end
+
   @doc "Stops the server process but keeps its port and data, to play an outage."
   def pause(%__MODULE__{pid: pid}), do: GenServer.call(pid, :pause, 15_000)
 

@@ -59,14 +59,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
     app = Keyword.get(opts, :app, "myapp")
     dir = ClusterSRV.Harness.Watchdog.tmp_dir("cluster_srv_pods")
 
-    inetrc = Path.join(dir, "inetrc")
-
-    File.write!(inetrc, """
-    {resolv_conf, ""}.
-    {hosts_file, ""}.
-    {nameserver, {127,0,0,1}, #{dns.port}}.
-    {lookup, [dns]}.
-    """)
+    inetrc = DNS.write_inetrc!(dns, Path.join(dir, "inetrc"))
 
     ports =
       case layout do
