@@ -2,8 +2,8 @@ defmodule ClusterSRV.Resolver do
   @moduledoc """
   Native DNS SRV lookups.
 
-  The work runs in Rust (hickory-resolver) on one shared tokio runtime with two named threads,
-  so a lookup never occupies a BEAM scheduler while it waits for the network.
+    The work runs in Rust (hickory) on one shared tokio runtime with one named worker thread, so
+  a lookup never occupies a BEAM scheduler while it waits for the network.
 
       {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"], timeout: 2_000, attempts: 2)
 

@@ -81,6 +81,44 @@ defmodule ClusterSRV.Integration.HostileTest do
     end
   end
 
+  describe "addresses" do
+    test "fill_addresses keeps what it found when another target never answers",
+         %{resolver: resolver} do
+      {elapsed, result} =
+        :timer.tc(fn ->
+          Resolver.lookup(resolver, HostileDNS.name("fill"), fill_addresses: true)
+        end)
+
+      assert {:ok, records} = result
+      assert div(elapsed, 1000) <= Resolver.deadline(resolver, fill_addresses: true) + 200
+      by_target = Map.new(records, &{&1.target, &1.addresses})
+      assert by_target["ok-0.fill.hostile.test"] == [{127, 0, 0, 7}]
+      assert by_target["hang-0.fill.hostile.test"] == []
+    end
+
+    test "with node_naming: :ip, only targets the rules accept are asked for addresses",
+         %{hostile: hostile, resolver: resolver} do
+      # The log is the server's, shared with the other tests of the `fill` case.
+      before = HostileDNS.a_queries(hostile)
+
+      ref =
+        Resolver.async_discover(resolver, HostileDNS.name("fill"),
+          application_name: "app",
+          domain: HostileDNS.domain("fill"),
+          node_naming: :ip
+        )
+
+      assert_receive {:cluster_srv_lookup, ^ref, {:ok, answer}}, 3_000
+      assert answer.nodes == [:"app@127.0.0.7"]
+      assert {"hang-0.fill.hostile.test", :no_address} in answer.rejected
+
+      asked = HostileDNS.a_queries(hostile) -- before
+      assert "ok-0.fill.hostile.test" in asked
+      # Neither the 20 invalid targets nor the 3 outside the domain were ever queried.
+      refute Enum.any?(asked, &(&1 =~ ~r/^bad_|^evil/))
+    end
+  end
+
   describe "panics" do
     test "a panic in name parsing comes back as an error, in node_names and in a discovery",
          %{resolver: resolver} do

@@ -50,7 +50,8 @@ mod nif {
         resolver: SrvResolver,
     }
 
-    // The resolver is only read after construction, so a panic cannot leave it half-updated.
+    // Its only state changed after construction is behind mutexes (the kept TCP connections,
+    // the large answers): a poisoned std mutex is taken as it is, and tokio's do not poison.
     impl RefUnwindSafe for ResolverResource {}
 
     #[rustler::resource_impl]
@@ -158,13 +159,8 @@ mod nif {
             let name = utf8_name(name);
             let rules = rules(basename, domain, naming, max_nodes);
             spawn_reply(env, tag, async move {
-                let fill = rules.naming == Naming::Ip;
-                let records = resource.resolver.lookup(&name?, fill).await?;
-                let outcome = names::node_names(candidates(&records), &rules);
-                Ok(Answer::Names {
-                    records: records.len(),
-                    outcome,
-                })
+                let (records, outcome) = resource.resolver.discover(&name?, &rules).await?;
+                Ok(Answer::Names { records, outcome })
             })
         })
     }
@@ -187,13 +183,6 @@ mod nif {
             naming,
             max_nodes,
         }
-    }
-
-    fn candidates(records: &[SrvRecord]) -> impl Iterator<Item = Candidate<'_>> {
-        records.iter().map(|record| Candidate {
-            target: record.target.as_bytes(),
-            addresses: &record.addresses,
-        })
     }
 
     /// What a lookup task sends back.
@@ -401,7 +390,13 @@ mod nif {
             let tag = self.tag.clone();
             // A send fails only when the caller has exited, and then nobody is waiting.
             let _ = owned.send_and_clear(&self.pid, |env| {
-                let result = match result.and_then(|answer| answer.encode(env)) {
+                // Encoding runs here, after the env was taken: a panic in it must still leave
+                // the caller one reply.
+                let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    result.and_then(|answer| answer.encode(env))
+                }))
+                .unwrap_or_else(|payload| Err(Error::Panic(panic_message(payload.as_ref()))));
+                let result = match encoded {
                     Ok(answer) => (atoms::ok(), answer).encode(env),
                     Err(error) => (atoms::error(), error).encode(env),
                 };

@@ -55,7 +55,8 @@ pub enum Naming {
 pub enum Rejection {
     /// The root target `.`, which RFC 2782 uses to say "no service here".
     NoService,
-    /// Not a host name: a byte outside `[a-z0-9-]`, an empty label, or a label over 63 octets.
+    /// Not a host name: a byte outside `[a-z0-9-]`, an empty label, a label over 63 octets, or
+    /// a label that starts or ends with a hyphen.
     InvalidHostname,
     /// Over 253 octets, or the node name would be over 255 characters.
     TooLong,
@@ -149,8 +150,10 @@ pub fn node_names<'a>(
     Outcome { names, rejected }
 }
 
-/// Writes `target` lowercase, without one trailing dot, into `out` (invalid UTF-8 is kept
-/// visible, lossily).
+/// Writes `target` without one trailing dot into `out`, lowercase when it is ASCII. A target
+/// that is not ASCII is no host name; it is kept as it came (invalid UTF-8 lossily), for the
+/// rejection to show, and never lowercased: Unicode case mapping can turn a non-ASCII letter
+/// into an ASCII one (KELVIN SIGN into `k`).
 fn canonical_into(target: &[u8], out: &mut String) {
     out.clear();
     let trimmed = target.strip_suffix(b".").unwrap_or(target);
@@ -161,8 +164,16 @@ fn canonical_into(target: &[u8], out: &mut String) {
                 .map(|byte| char::from(byte.to_ascii_lowercase())),
         );
     } else {
-        out.push_str(&String::from_utf8_lossy(trimmed).to_lowercase());
+        out.push_str(&String::from_utf8_lossy(trimmed));
     }
+}
+
+/// Whether `target` would give a node name under `rules`, addresses aside: a valid host name
+/// where the rules want it.
+pub fn target_accepted(target: &str, rules: &Rules) -> bool {
+    let mut canonical = String::new();
+    canonical_into(target.as_bytes(), &mut canonical);
+    check_target(&canonical, rules).is_ok()
 }
 
 fn node_name(target: &str, addresses: &[IpAddr], rules: &Rules) -> Result<String, Rejection> {
@@ -210,11 +221,14 @@ fn check_target<'t>(target: &'t str, rules: &Rules) -> Result<&'t str, Rejection
     Ok(target)
 }
 
-/// Labels of `[a-z0-9-]`, each 1 to 63 octets. The text is already lowercase.
+/// RFC 1123 labels: `[a-z0-9-]`, 1 to 63 octets, neither starting nor ending with a hyphen.
+/// The text is already lowercase.
 fn is_hostname(text: &str) -> bool {
     text.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= MAX_LABEL_LENGTH
+            && !label.starts_with('-')
+            && !label.ends_with('-')
             && label
                 .bytes()
                 .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
@@ -313,6 +327,35 @@ mod tests {
             assert_eq!(outcome.names, Vec::<String>::new(), "{bad:?} was accepted");
             assert_eq!(outcome.rejected[0].1, Rejection::InvalidHostname, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_label_may_not_start_or_end_with_a_hyphen() {
+        for bad in ["-", "-a", "a-", "-a-"] {
+            let outcome = run(&[&format!("{bad}.{DOMAIN}")], &rules());
+            assert_eq!(outcome.rejected[0].1, Rejection::InvalidHostname, "{bad:?}");
+        }
+        assert_eq!(run(&[&format!("a--b.{DOMAIN}")], &rules()).names.len(), 1);
+    }
+
+    #[test]
+    fn non_ascii_never_becomes_ascii_by_lowercasing() {
+        // KELVIN SIGN lowercases to an ASCII `k`, which would pass as a valid label.
+        let outcome = run(&[&format!("\u{212A}.{DOMAIN}")], &rules());
+        assert_eq!(outcome.names, Vec::<String>::new());
+        assert_eq!(
+            outcome.rejected[0],
+            (format!("\u{212A}.{DOMAIN}"), Rejection::InvalidHostname)
+        );
+    }
+
+    #[test]
+    fn target_accepted_applies_the_rules_without_addresses() {
+        let mut ip_rules = rules();
+        ip_rules.naming = Naming::Ip;
+        assert!(target_accepted(&format!("Pod-0.{DOMAIN}."), &ip_rules));
+        assert!(!target_accepted("evil.example.com", &ip_rules));
+        assert!(!target_accepted(&format!("a_b.{DOMAIN}"), &ip_rules));
     }
 
     #[test]

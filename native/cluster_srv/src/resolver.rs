@@ -9,10 +9,12 @@
 //!
 //! Everything here is plain Rust: `cargo test` exercises it without a BEAM.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -28,7 +30,7 @@ use once_cell::sync::Lazy;
 use tokio::runtime::Runtime;
 
 use crate::error::Error;
-use crate::names;
+use crate::names::{self, Candidate, Naming, Rules};
 
 /// The port a nameserver listens on when none is given.
 pub const DEFAULT_DNS_PORT: u16 = 53;
@@ -74,7 +76,8 @@ pub struct SrvRecord {
 pub struct Options {
     /// Servers to ask; empty means the system's resolv.conf, with its search list and ndots.
     pub nameservers: Vec<SocketAddr>,
-    /// Time allowed for each try.
+    /// Time allowed for each try's UDP exchange (and for a TCP connect and exchange after a
+    /// truncated answer). Within it, hickory sends the query again every 333 ms.
     pub timeout: Duration,
     /// Total number of tries, the first one included.
     pub attempts: u32,
@@ -144,18 +147,32 @@ pub struct SrvResolver {
     deadline: Duration,
     // Keeps hickory's background tasks (TCP exchanges) alive for as long as the resolver.
     provider: TokioRuntimeProvider,
-    // One multiplexed TCP connection per server, opened at the first truncated answer and kept:
+    // Per server, one multiplexed TCP connection, opened at the first truncated answer and kept:
     // a burst of lookups must not open a connection each and overflow the server's listen queue.
-    tcp: tokio::sync::Mutex<HashMap<SocketAddr, DnsExchange<TokioRuntimeProvider>>>,
-    // Questions whose answers came back truncated over UDP: asked over TCP from then on.
-    large_answers: tokio::sync::Mutex<HashSet<Query>>,
+    tcp: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<TcpSlot>>>>,
+    // Questions whose answers came back truncated over UDP lately: asked over TCP for a while.
+    large_answers: std::sync::Mutex<HashMap<Query, Instant>>,
+}
+
+/// A server's kept TCP connection. The generation tells a lookup whether the connection it
+/// saw fail is still the kept one, or one another lookup has opened since.
+#[derive(Default)]
+struct TcpSlot {
+    exchange: Option<(u64, DnsExchange<TokioRuntimeProvider>)>,
+    opened: u64,
 }
 
 /// Most questions remembered as having large answers; a poller asks one or two.
 const MAX_LARGE_ANSWERS: usize = 64;
 
+/// How long a question is asked over TCP directly after its answer was truncated.
+const LARGE_ANSWER_MEMORY: Duration = Duration::from_secs(300);
+
 /// Most TCP queries one connection carries at once (hickory's default is 32).
 const TCP_MAX_IN_FLIGHT: usize = 256;
+
+/// Most address lookups one `fill_addresses` runs at once.
+const FILL_CONCURRENCY: usize = 16;
 
 /// Where to ask, and how relative names are completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,17 +203,16 @@ impl SrvResolver {
         if plan.servers.is_empty() {
             return Err(Error::Io("no nameserver is configured".to_string()));
         }
-        let runtime = runtime()?;
-        // hickory's provider spawns its background tasks on the current runtime.
-        let _guard = runtime.enter();
+        // Fail here, not at the first lookup, if the runtime cannot start.
+        runtime()?;
         Ok(SrvResolver {
             plan,
             timeout: options.timeout,
             attempts: options.attempts.max(1),
             deadline: overall_deadline(options),
             provider: TokioRuntimeProvider::default(),
-            tcp: tokio::sync::Mutex::new(HashMap::new()),
-            large_answers: tokio::sync::Mutex::new(HashSet::new()),
+            tcp: std::sync::Mutex::new(HashMap::new()),
+            large_answers: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -208,43 +224,83 @@ impl SrvResolver {
     /// Looks up the SRV records of `name`. A trailing dot makes the name absolute.
     ///
     /// With `fill_addresses`, targets the answer gave no address for are resolved (A, then
-    /// AAAA), concurrently and within a second deadline of the same length.
+    /// AAAA), within a second deadline of the same length; what was found by then is kept.
     pub async fn lookup(&self, name: &str, fill_addresses: bool) -> Result<Vec<SrvRecord>, Error> {
-        let query = parse_query_name(name)?;
-        let answer = tokio::time::timeout(self.deadline, self.resolve(&query, RecordType::SRV))
-            .await
-            .map_err(|_| Error::Timeout)??;
-        let mut records = build_records(&answer.answers, &answer.additionals);
-        if records.is_empty() {
-            return Err(Error::NoRecords);
-        }
+        let mut records = self.srv_records(name).await?;
         if fill_addresses {
-            // A failed address lookup leaves the list empty: the caller decides what that means.
-            let _ = tokio::time::timeout(self.deadline, self.fill_addresses(&mut records)).await;
+            self.fill_addresses(&mut records, |_| true, usize::MAX)
+                .await;
         }
         Ok(records)
     }
 
-    async fn fill_addresses(&self, records: &mut [SrvRecord]) {
-        let mut missing: Vec<String> = records
-            .iter()
-            .filter(|record| record.addresses.is_empty())
-            .map(|record| record.target.clone())
-            .collect();
-        missing.sort();
-        missing.dedup();
-        let lookups = missing.into_iter().map(|target| async move {
-            let addresses = match Name::from_ascii(format!("{target}.")) {
-                Ok(name) => self.addresses(&name).await,
-                Err(_) => Vec::new(),
-            };
-            (target, addresses)
+    /// Looks up `name` and turns its targets into node names under `rules`, returning the
+    /// number of records and the outcome. With `Naming::Ip`, only targets the rules accept
+    /// (the first `max_nodes` of them) are resolved for addresses: DNS data never chooses what
+    /// else is queried.
+    pub async fn discover(
+        &self,
+        name: &str,
+        rules: &Rules,
+    ) -> Result<(usize, names::Outcome), Error> {
+        let mut records = self.srv_records(name).await?;
+        if rules.naming == Naming::Ip {
+            let accepted = |target: &str| names::target_accepted(target, rules);
+            self.fill_addresses(&mut records, accepted, rules.max_nodes)
+                .await;
+        }
+        let candidates = records.iter().map(|record| Candidate {
+            target: record.target.as_bytes(),
+            addresses: &record.addresses,
         });
-        let found: std::collections::HashMap<String, Vec<IpAddr>> =
-            futures_util::future::join_all(lookups)
-                .await
-                .into_iter()
-                .collect();
+        Ok((records.len(), names::node_names(candidates, rules)))
+    }
+
+    async fn srv_records(&self, name: &str) -> Result<Vec<SrvRecord>, Error> {
+        let query = parse_query_name(name)?;
+        let answer = tokio::time::timeout(self.deadline, self.resolve(&query, RecordType::SRV))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        let records = build_records(&answer.answers, &answer.additionals);
+        if records.is_empty() {
+            Err(Error::NoRecords)
+        } else {
+            Ok(records)
+        }
+    }
+
+    /// Resolves the addresses of up to `limit` distinct targets that have none and that
+    /// `wanted` accepts, `FILL_CONCURRENCY` at a time, all within one deadline. A target that
+    /// cannot be resolved in time keeps an empty list: the caller decides what that means.
+    async fn fill_addresses(
+        &self,
+        records: &mut [SrvRecord],
+        wanted: impl Fn(&str) -> bool,
+        limit: usize,
+    ) {
+        let end = tokio::time::Instant::now() + self.deadline;
+        let mut missing: Vec<String> = Vec::new();
+        for record in records.iter().filter(|record| record.addresses.is_empty()) {
+            if missing.len() >= limit {
+                break;
+            }
+            if wanted(&record.target) && !missing.contains(&record.target) {
+                missing.push(record.target.clone());
+            }
+        }
+        let found: HashMap<String, Vec<IpAddr>> = futures_util::stream::iter(missing)
+            .map(|target| async move {
+                let addresses = match Name::from_ascii(format!("{target}.")) {
+                    Ok(name) => tokio::time::timeout_at(end, self.addresses(&name))
+                        .await
+                        .unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                (target, addresses)
+            })
+            .buffer_unordered(FILL_CONCURRENCY)
+            .collect()
+            .await;
         for record in records
             .iter_mut()
             .filter(|record| record.addresses.is_empty())
@@ -289,12 +345,19 @@ impl SrvResolver {
         Err(failure.unwrap_or(Error::NoRecords))
     }
 
-    /// One name, every server in turn, `attempts` times over.
+    /// One name, `attempts` tries; each try asks every server at once and takes the first
+    /// answer that settles the question, so a dead server costs no more than one `timeout`.
     async fn query(&self, name: &Name, record_type: RecordType) -> Result<Message, Error> {
         let mut last = Error::Timeout;
         for _ in 0..self.attempts {
-            for server in &self.plan.servers {
-                match self.exchange(*server, name, record_type).await {
+            let mut asks: FuturesUnordered<_> = self
+                .plan
+                .servers
+                .iter()
+                .map(|server| self.exchange(*server, name, record_type))
+                .collect();
+            while let Some(result) = asks.next().await {
+                match result {
                     Ok(message) => match classify(message, record_type) {
                         Outcome::Answer(message) => return Ok(message),
                         Outcome::Final(error) => return Err(error),
@@ -319,25 +382,54 @@ impl SrvResolver {
         options.edns_payload_len = EDNS_PAYLOAD;
         let request = DnsRequest::from_query(query.clone(), options);
 
-        // A poller asks the same name again and again: once its answer was too large for UDP,
-        // ask it over TCP directly rather than pay for a truncated answer first every time.
-        let large = self.large_answers.lock().await.contains(&query);
+        let large = self.is_large(&query);
         if !large {
             let mut udp = UdpClientStream::builder(server, self.provider.clone())
                 .with_timeout(Some(self.timeout))
                 .build();
-            let response = first_response(udp.send_message(request.clone())).await?;
+            let response = first_response(udp.send_message(request.clone()))
+                .await
+                .map_err(map_net_error)?;
             if !response.metadata.truncation {
                 return answer_to(response.into_message(), &query);
             }
-            let mut large_answers = self.large_answers.lock().await;
-            if large_answers.len() < MAX_LARGE_ANSWERS {
-                large_answers.insert(query.clone());
+            if record_type == RecordType::SRV {
+                self.remember_large(&query);
             }
         }
 
-        let response = self.tcp_query(server, request).await?;
-        answer_to(response.into_message(), &query)
+        match self.tcp_query(server, request).await {
+            Ok(response) => answer_to(response.into_message(), &query),
+            Err(error) => {
+                // Maybe TCP is what fails here: ask over UDP first again next time.
+                if large {
+                    lock(&self.large_answers).remove(&query);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A poller asks the same name again and again: once its answer was too large for UDP, it
+    /// is asked over TCP directly for a while, rather than paying for a truncated answer first.
+    fn is_large(&self, query: &Query) -> bool {
+        let mut large_answers = lock(&self.large_answers);
+        match large_answers.get(query) {
+            Some(since) if since.elapsed() < LARGE_ANSWER_MEMORY => true,
+            Some(_) => {
+                large_answers.remove(query);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_large(&self, query: &Query) {
+        let mut large_answers = lock(&self.large_answers);
+        large_answers.retain(|_, since| since.elapsed() < LARGE_ANSWER_MEMORY);
+        if large_answers.len() < MAX_LARGE_ANSWERS {
+            large_answers.insert(query.clone(), Instant::now());
+        }
     }
 
     /// Sends `request` over the server's kept TCP connection, opening it when there is none. A
@@ -348,56 +440,81 @@ impl SrvResolver {
         server: SocketAddr,
         request: DnsRequest,
     ) -> Result<DnsResponse, Error> {
-        let kept = self.tcp.lock().await.get(&server).cloned();
-        if let Some(exchange) = kept {
-            match first_response(exchange.send(request.clone())).await {
-                Ok(response) => return Ok(response),
-                Err(Error::Timeout) => {
-                    self.tcp.lock().await.remove(&server);
-                    return Err(Error::Timeout);
+        let (generation, exchange, fresh) = self.tcp_exchange(server).await?;
+        match first_response(exchange.send(request.clone())).await {
+            Ok(response) => Ok(response),
+            // The connection is fine, only full: keep it.
+            Err(NetError::Busy) => Err(Error::Io("too many TCP queries in flight".to_string())),
+            Err(error) if fresh || matches!(error, NetError::Timeout) => {
+                self.forget_tcp(server, generation).await;
+                Err(map_net_error(error))
+            }
+            Err(_stale) => {
+                self.forget_tcp(server, generation).await;
+                let (generation, exchange, _) = self.tcp_exchange(server).await?;
+                let result = first_response(exchange.send(request)).await;
+                if result.is_err() {
+                    self.forget_tcp(server, generation).await;
                 }
-                Err(_stale) => {
-                    self.tcp.lock().await.remove(&server);
-                }
+                result.map_err(map_net_error)
             }
         }
-        let exchange = {
-            let mut connections = self.tcp.lock().await;
-            // Another lookup may have connected while this one waited for the lock.
-            match connections.get(&server) {
-                Some(exchange) => exchange.clone(),
-                None => {
-                    let exchange = TcpClientStream::exchange(
-                        server,
-                        None,
-                        self.timeout,
-                        Some(TCP_MAX_IN_FLIGHT),
-                        self.provider.clone(),
-                    )
-                    .await
-                    .map_err(map_net_error)?;
-                    connections.insert(server, exchange.clone());
-                    exchange
-                }
-            }
-        };
-        let result = first_response(exchange.send(request)).await;
-        if result.is_err() {
-            self.tcp.lock().await.remove(&server);
+    }
+
+    /// The server's kept connection, or a new one. Lookups to one server wait for one connect;
+    /// other servers are not held up. Returns the generation, the exchange, and whether it is new.
+    async fn tcp_exchange(
+        &self,
+        server: SocketAddr,
+    ) -> Result<(u64, DnsExchange<TokioRuntimeProvider>, bool), Error> {
+        let slot = lock(&self.tcp).entry(server).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some((generation, exchange)) = &slot.exchange {
+            return Ok((*generation, exchange.clone(), false));
         }
-        result
+        let exchange = TcpClientStream::exchange(
+            server,
+            None,
+            self.timeout,
+            Some(TCP_MAX_IN_FLIGHT),
+            self.provider.clone(),
+        )
+        .await
+        .map_err(map_net_error)?;
+        slot.opened += 1;
+        slot.exchange = Some((slot.opened, exchange.clone()));
+        Ok((slot.opened, exchange, true))
+    }
+
+    /// Drops the server's kept connection if it is still the one of `generation`.
+    async fn forget_tcp(&self, server: SocketAddr, generation: u64) {
+        let slot = lock(&self.tcp).get(&server).cloned();
+        if let Some(slot) = slot {
+            let mut slot = slot.lock().await;
+            if matches!(&slot.exchange, Some((kept, _)) if *kept == generation) {
+                slot.exchange = None;
+            }
+        }
     }
 }
 
-async fn first_response<S>(mut responses: S) -> Result<DnsResponse, Error>
+/// Locks a mutex that guards plain data: a panic elsewhere cannot leave it half-updated, so a
+/// poisoned lock is taken as it is.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The first response of an exchange. hickory ends the stream without an item when the try
+/// timed out.
+async fn first_response<S>(mut responses: S) -> Result<DnsResponse, NetError>
 where
     S: futures_util::Stream<Item = Result<DnsResponse, NetError>> + Unpin,
 {
     match responses.next().await {
-        Some(Ok(response)) => Ok(response),
-        Some(Err(error)) => Err(map_net_error(error)),
-        // hickory ends the stream without an item when the try timed out.
-        None => Err(Error::Timeout),
+        Some(result) => result,
+        None => Err(NetError::Timeout),
     }
 }
 
@@ -510,9 +627,13 @@ pub fn system_plan(config: &ResolverConfig, opts: &ResolverOpts) -> Plan {
     }
 }
 
-/// timeout × attempts, plus a little for the TCP retry of a truncated answer to finish.
+/// timeout × attempts, plus a margin for the last answer to be read. A try that falls back to
+/// TCP is cut off by this deadline too.
 fn overall_deadline(options: &Options) -> Duration {
-    options.timeout * options.attempts.max(1) + Duration::from_millis(100)
+    options
+        .timeout
+        .saturating_mul(options.attempts.max(1))
+        .saturating_add(Duration::from_millis(100))
 }
 
 fn parse_query_name(name: &str) -> Result<Name, Error> {

@@ -20,8 +20,11 @@ defmodule ClusterSRV.Harness.HostileDNS do
     * `slow` - a valid answer, 1.5 s late.
     * `silent` - nothing at all.
         * `ok` - three valid pods, for comparison.
-    * `panic` - the target `panic.test-panic.invalid`, on which name parsing panics on purpose
+        * `panic` - the target `panic.test-panic.invalid`, on which name parsing panics on purpose
       in test builds (and nowhere else).
+    * `fill` - targets with no address in the answer: `ok-0.fill.hostile.test`, whose A query
+      is answered (127.0.0.7), `hang-0.fill.hostile.test`, whose A query never is, and 20
+      invalid and 3 outside targets (the answer stays under the 1,232 bytes a client asks for). Every A query is counted (`a_queries/1`).
 
   `message/2` builds the bytes of a case's answer, so the fuzzing corpus is made of the same
   cases.
@@ -47,6 +50,9 @@ defmodule ClusterSRV.Harness.HostileDNS do
 
   def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
 
+  @doc "The names asked for A records so far, lowercase, without the trailing dot."
+  def a_queries(%__MODULE__{pid: pid}), do: GenServer.call(pid, :a_queries)
+
   @doc "The SRV name of a case, with the trailing dot."
   def name(kase), do: "#{kase}.#{@zone}."
 
@@ -70,15 +76,23 @@ defmodule ClusterSRV.Harness.HostileDNS do
     {:ok, udp} = :gen_udp.open(port, [:binary, ip: {127, 0, 0, 1}, active: true])
     server = self()
     acceptor = spawn_link(fn -> accept_loop(tcp, server) end)
-    {:ok, %{tcp: tcp, udp: udp, port: port, acceptor: acceptor}}
+    {:ok, %{tcp: tcp, udp: udp, port: port, acceptor: acceptor, a_queries: []}}
   end
 
   @impl true
   def handle_call(:info, _from, state),
     do: {:reply, %__MODULE__{pid: self(), port: state.port}, state}
 
+  def handle_call(:a_queries, _from, state), do: {:reply, Enum.reverse(state.a_queries), state}
+
   @impl true
   def handle_info({:udp, socket, ip, port, query}, state) do
+    state =
+      case a_query_name(query) do
+        nil -> state
+        name -> %{state | a_queries: [name | state.a_queries]}
+      end
+
     # Replies that wait (slow) must not hold up the others.
     spawn(fn ->
       case respond(query, :udp) do
@@ -159,6 +173,11 @@ defmodule ClusterSRV.Harness.HostileDNS do
   end
 
   defp answer("silent", _id, _question, _transport), do: :none
+
+  defp answer(_kase, id, <<_::binary>> = question, _)
+       when binary_part(question, byte_size(question) - 4, 2) == <<1::16>>,
+       do: a_answer(id, question)
+
   defp answer("slow", id, question, _), do: {:later, 1_500, message("ok", id, question)}
   defp answer("many", id, question, :udp), do: {:reply, truncated(id, question)}
   defp answer("tcptrunc", id, question, :udp), do: {:reply, truncated(id, question)}
@@ -206,6 +225,15 @@ defmodule ClusterSRV.Harness.HostileDNS do
     rr_fixed = <<0xC00C::16, 33::16, 1::16, 5::32, 8::16, 0::16, 1::16, 4370::16>>
     target_offset = byte_size(prefix) + byte_size(rr_fixed)
     prefix <> rr_fixed <> <<0b11::2, target_offset::14>>
+  end
+
+  def message("fill", id, question) do
+    targets =
+      [{:under, ["ok-0"]}, {:under, ["hang-0"]}] ++
+        for(i <- 0..19, do: {:under, ["bad_#{i}"]}) ++
+        for(i <- 0..2, do: {:absolute, ["evil#{i}", "example", "com"]})
+
+    srv_answer(id, question, targets)
   end
 
   def message("panic", id, question),
@@ -290,6 +318,37 @@ defmodule ClusterSRV.Harness.HostileDNS do
   defp question_bytes(name) do
     labels = name |> String.trim_trailing(".") |> String.split(".")
     encode_labels(labels) <> <<0, 33::16, 1::16>>
+  end
+
+  # A questions: `hang-*` names are never answered, others get 127.0.0.7.
+  defp a_answer(id, question) do
+    case question_end(question, 0) do
+      {:ok, _, "hang" <> _} ->
+        :none
+
+      _ ->
+        record = <<0xC00C::16, 1::16, 1::16, 5::32, 4::16, 127, 0, 0, 7>>
+        {:reply, header(id, 0x8400, 1, 1, 0, 0) <> question <> record}
+    end
+  end
+
+  defp a_query_name(query) do
+    with {:ok, _id, question, _kase} <- parse_query(query),
+         <<1::16, _class::16>> <- binary_part(question, byte_size(question) - 4, 4) do
+      question |> labels(0, []) |> Enum.join(".") |> String.downcase()
+    else
+      _ -> nil
+    end
+  end
+
+  defp labels(bytes, offset, acc) do
+    case bytes do
+      <<_::binary-size(offset), 0, _::binary>> ->
+        Enum.reverse(acc)
+
+      <<_::binary-size(offset), n, label::binary-size(n), _::binary>> ->
+        labels(bytes, offset + 1 + n, [label | acc])
+    end
   end
 
   # The query's ID, its question section as it came, and the case (the first label).
