@@ -22,7 +22,8 @@ defmodule ClusterSRV.Config do
     polling_interval: 5_000,
     resolver_options: [],
     node_naming: :hostname,
-    max_nodes: 1_000
+    max_nodes: 1_000,
+    connect_timeout: 30_000
   ]
 
   @typedoc """
@@ -38,7 +39,8 @@ defmodule ClusterSRV.Config do
           polling_interval: pos_integer(),
           resolver_options: keyword(),
           node_naming: :hostname | :ip,
-          max_nodes: pos_integer()
+          max_nodes: pos_integer(),
+          connect_timeout: pos_integer()
         }
 
   @strategy_keys [
@@ -55,7 +57,8 @@ defmodule ClusterSRV.Config do
     :timeout,
     :attempts,
     :node_naming,
-    :max_nodes
+    :max_nodes,
+    :connect_timeout
   ]
 
   @default_timeout 2_000
@@ -111,7 +114,8 @@ defmodule ClusterSRV.Config do
       polling_interval: optional(config, :polling_interval, 5_000, &polling_interval!/1),
       resolver_options: resolver_options,
       node_naming: optional(config, :node_naming, :hostname, &node_naming!/1),
-      max_nodes: optional(config, :max_nodes, 1_000, &max_nodes!/1)
+      max_nodes: optional(config, :max_nodes, 1_000, &max_nodes!/1),
+      connect_timeout: optional(config, :connect_timeout, 30_000, &connect_timeout!/1)
     }
 
     {validated, config |> Keyword.keys() |> Enum.uniq() |> Kernel.--(@strategy_keys)}
@@ -121,11 +125,12 @@ defmodule ClusterSRV.Config do
   defp query!(config) do
     case Keyword.fetch(config, :query) do
       {:ok, query} ->
-        for key <- [:service, :namespace, :port_name], Keyword.has_key?(config, key) do
+        for key <- [:service, :namespace, :port_name, :protocol, :cluster_domain],
+            Keyword.has_key?(config, key) do
           raise ArgumentError,
                 "#{inspect(key)} cannot be combined with :query: :query is the full SRV name and " <>
-                  "replaces :service and :namespace, got: query: #{inspect(query)}, " <>
-                  "#{key}: #{inspect(config[key])}"
+                  "replaces :service, :namespace, :port_name, :protocol and :cluster_domain, " <>
+                  "got: query: #{inspect(query)}, #{key}: #{inspect(config[key])}"
         end
 
         {query_name!(query), nil}
@@ -137,7 +142,7 @@ defmodule ClusterSRV.Config do
         namespace =
           required!(config, :namespace, &label!(:namespace, &1, "the service's namespace"))
 
-        domain = optional(config, :cluster_domain, cluster_domain_env(), &cluster_domain!/1)
+        domain = optional(config, :cluster_domain, cluster_domain_env!(), &cluster_domain!/1)
         service_name = "#{service}.#{namespace}.svc.#{domain}"
 
         query =
@@ -148,6 +153,13 @@ defmodule ClusterSRV.Config do
               "_#{port_name}._#{protocol}.#{service_name}"
 
             :error ->
+              if Keyword.has_key?(config, :protocol) do
+                raise ArgumentError,
+                      ":protocol is the protocol of :port_name, and means nothing without it, " <>
+                        "got: protocol: #{inspect(config[:protocol])}. Example: " <>
+                        ~s|port_name: "discovery", protocol: "tcp"|
+              end
+
               service_name
           end
 
@@ -155,7 +167,19 @@ defmodule ClusterSRV.Config do
     end
   end
 
-  defp cluster_domain_env, do: System.get_env("CLUSTER_DOMAIN", "cluster.local.")
+  # libcluster reads CLUSTER_DOMAIN when :cluster_domain is not given; a bad value would only
+  # show as a lookup failing at every poll, so it is checked like the key.
+  defp cluster_domain_env! do
+    domain = System.get_env("CLUSTER_DOMAIN", "cluster.local.")
+
+    if domain =~ ~r/\A([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?\z/ do
+      domain
+    else
+      raise ArgumentError,
+            "invalid CLUSTER_DOMAIN environment variable: expected the cluster's DNS domain, " <>
+              "got: #{inspect(domain)}. Example: CLUSTER_DOMAIN=cluster.local."
+    end
+  end
 
   defp required!(config, key, validate) do
     case Keyword.fetch(config, key) do
@@ -302,6 +326,17 @@ defmodule ClusterSRV.Config do
       naming,
       ":hostname (nodes named app@<SRV target>) or :ip (nodes named app@<pod IP>)",
       "node_naming: :hostname"
+    )
+  end
+
+  defp connect_timeout!(ms) when is_integer(ms) and ms > 0, do: ms
+
+  defp connect_timeout!(ms) do
+    invalid!(
+      :connect_timeout,
+      ms,
+      "a positive integer of milliseconds (the longest a connect or disconnect may take)",
+      "connect_timeout: 30_000"
     )
   end
 

@@ -33,9 +33,13 @@ defmodule ClusterSRV.Strategy do
       has synced), REFUSED, NXDOMAIN, an empty answer, or an answer with no valid name
       disconnects no one. A node is disconnected only when a successful answer with at least
       one valid name no longer lists it. Failures are logged when they start and when they end.
-    * **Connects run concurrently**, up to 32 at a time, outside the strategy process. A dead pod
-      still listed in DNS costs one `net_setuptime` (7 s) for that node only; the others connect
-      at once, and the strategy keeps answering calls meanwhile.
+        * **Connects run concurrently**, up to 32 at a time, in processes linked to the strategy.
+      A dead pod still listed in DNS costs one `net_setuptime` (7 s) for that node only; the
+      others connect at once. Retries of nodes that failed take at most 16 of the slots, so a
+      new pod never waits behind dead ones. A connect or disconnect that has not returned after
+      `connect_timeout` is stopped and counted as a failure. Disconnects go first, and a queued
+      job that a newer answer made pointless is dropped. The strategy process itself stays free
+      meanwhile (`:sys.get_state/1` answers).
     * **No atom is made from unvalidated DNS data.** A target must be a valid host name under
       the service's domain; at most `max_nodes` names are taken from one answer.
     * **Config is validated at start**: a missing or bad key fails the start with an
@@ -59,6 +63,7 @@ defmodule ClusterSRV.Strategy do
   | `timeout`, `attempts` | `2_000`, `2` | per try in ms, total tries |
   | `node_naming` | `:hostname` | `:hostname` (`app@target`) or `:ip` (`app@<pod IP>`) |
   | `max_nodes` | `1_000` | the most node names taken from one answer |
+  | `connect_timeout` | `30_000` | ms a connect or disconnect may take before it is stopped and counted as a failure |
 
   ## A StatefulSet behind a headless service
 
@@ -110,6 +115,10 @@ defmodule ClusterSRV.Strategy do
   alias ClusterSRV.{Config, Record, Resolver}
 
   @max_jobs 32
+  # Connects retried to nodes that failed before use at most this many slots, so that nodes
+  # never tried (a new pod) always find room, however many dead pods DNS lists.
+  @max_retry_jobs 16
+
   # Added to the resolver's own deadline before a lookup is given up as lost.
   @lookup_margin 1_000
 
@@ -123,9 +132,11 @@ defmodule ClusterSRV.Strategy do
     :lookup,
     :timer,
     meta: MapSet.new(),
+    listed: MapSet.new(),
     jobs: %{},
     busy: %{},
     queue: :queue.new(),
+    retries: :queue.new(),
     failure: nil,
     failures: 0,
     unreachable: MapSet.new(),
@@ -252,6 +263,10 @@ defmodule ClusterSRV.Strategy do
   @impl true
   def init(%__MODULE__{config: {config, unknown}} = state) do
     state = %{state | config: config, telemetry?: telemetry_available?()}
+    # Connect jobs and the user's resolver function run in linked processes, so that they end
+    # with the strategy; trapping exits turns their ends into messages, which are ignored here
+    # (their monitors report them).
+    Process.flag(:trap_exit, true)
 
     for key <- unknown do
       warn(state, "unknown config key #{inspect(key)} is ignored (a typo?)")
@@ -280,7 +295,8 @@ defmodule ClusterSRV.Strategy do
   def handle_continue(:poll, state), do: {:noreply, start_lookup(state)}
 
   @impl true
-  def handle_info(:poll, state), do: {:noreply, start_lookup(%{state | timer: nil})}
+  def handle_info({:poll, timer}, %{timer: timer} = state),
+    do: {:noreply, start_lookup(%{state | timer: nil})}
 
   def handle_info({:cluster_srv_lookup, ref, result}, %{lookup: %{ref: ref} = lookup} = state) do
     {:noreply, finish_lookup(state, lookup, result)}
@@ -300,12 +316,20 @@ defmodule ClusterSRV.Strategy do
 
   def handle_info({:DOWN, monitor, :process, _pid, reason}, state)
       when is_map_key(state.jobs, monitor) do
-    {{kind, node}, jobs} = Map.pop(state.jobs, monitor)
-    state = %{state | jobs: jobs, busy: Map.delete(state.busy, node)}
-    {:noreply, state |> job_done(kind, node, reason) |> dispatch()}
+    {job, jobs} = Map.pop(state.jobs, monitor)
+    state = %{state | jobs: jobs, busy: Map.delete(state.busy, job.node)}
+    reason = if job.timed_out?, do: :no_return, else: reason
+    {:noreply, state |> job_done(job.kind, job.node, reason) |> dispatch()}
   end
 
-  # Late replies of lookups given up on, and anything else, are dropped.
+  def handle_info({:job_deadline, monitor}, state) when is_map_key(state.jobs, monitor) do
+    job = state.jobs[monitor]
+    Process.exit(job.pid, :kill)
+    {:noreply, put_in(state.jobs[monitor].timed_out?, true)}
+  end
+
+  # Late replies of lookups given up on, stale timers, the exits of linked helpers, and anything
+  # else are dropped.
   def handle_info(_message, state), do: {:noreply, state}
 
   defp start_lookup(%{lookup: nil, config: config} = state) do
@@ -319,15 +343,18 @@ defmodule ClusterSRV.Strategy do
         # The user's function may block as long as it likes: it runs in its own process, and
         # the deadline still ends the poll. Its answer arrives in the same shape as ours.
         {pid, monitor} =
-          spawn_monitor(fn ->
-            answer =
-              with {:ok, records} <- run_resolver_fun(config.resolver, config),
-                   {:ok, names} <- node_names(records, config) do
-                {:ok, Map.put(names, :records, length(records))}
-              end
+          :erlang.spawn_opt(
+            fn ->
+              answer =
+                with {:ok, records} <- run_resolver_fun(config.resolver, config),
+                     {:ok, names} <- node_names(records, config) do
+                  {:ok, Map.put(names, :records, length(records))}
+                end
 
-            send(parent, {:cluster_srv_lookup, ref, answer})
-          end)
+              send(parent, {:cluster_srv_lookup, ref, answer})
+            end,
+            [:link, :monitor]
+          )
 
         deadline = resolver_fun_deadline(config)
         track_lookup(state, %{ref: ref, pid: pid, monitor: monitor, started: started}, deadline)
@@ -368,11 +395,15 @@ defmodule ClusterSRV.Strategy do
       case result do
         {:ok, %{records: records, nodes: nodes, rejected: rejected}} ->
           state = log_rejections(state, rejected)
-          emit_lookup(state, duration, records, length(nodes), :ok)
 
           case nodes do
-            [] -> lookup_failed(state, :no_valid_names)
-            nodes -> state |> lookup_recovered() |> apply_nodes(nodes)
+            [] ->
+              emit_lookup(state, duration, records, 0, {:error, :no_valid_names})
+              lookup_failed(state, :no_valid_names)
+
+            nodes ->
+              emit_lookup(state, duration, records, length(nodes), :ok)
+              state |> lookup_recovered() |> apply_nodes(nodes)
           end
 
         {:error, reason} ->
@@ -384,8 +415,11 @@ defmodule ClusterSRV.Strategy do
   end
 
   # Exactly one timer chain: a poll is scheduled only when a lookup has finished.
+  # The timer's message carries its own reference, so no other message can start a poll.
   defp schedule_poll(%{timer: nil} = state) do
-    %{state | timer: Process.send_after(self(), :poll, state.config.polling_interval)}
+    timer = make_ref()
+    Process.send_after(self(), {:poll, timer}, state.config.polling_interval)
+    %{state | timer: timer}
   end
 
   defp node_names(records, config), do: Resolver.node_names(records, naming_options(config))
@@ -464,7 +498,9 @@ defmodule ClusterSRV.Strategy do
         %{record | addresses: addresses}
       end,
       max_concurrency: 16,
-      ordered: true
+      ordered: true,
+      # The poll's own deadline bounds the whole lookup.
+      timeout: :infinity
     )
     |> Enum.map(fn {:ok, record} -> record end)
   end
@@ -488,13 +524,22 @@ defmodule ClusterSRV.Strategy do
       nodes
       |> Enum.reject(&(&1 == me or MapSet.member?(connected, &1) or Map.has_key?(state.busy, &1)))
 
-    # libcluster's meta: the listed nodes we know or see connected, plus those still being
+    # A removed node whose disconnect is still queued or running stays known until it ends: if
+    # it fails, libcluster keeps the node for the next poll to try again.
+    disconnecting =
+      for node <- removed,
+          match?({:disconnect, _}, state.busy[node]),
+          into: MapSet.new(),
+          do: node
+
+    # libcluster's meta: the listed nodes we know or see connected, plus those being
     # disconnected. Connects add their node when they succeed.
     # (meta ∩ listed) ∪ (listed ∩ connected), computed as listed ∩ (meta ∪ connected).
     meta =
       listed
       |> MapSet.intersection(MapSet.union(state.meta, connected))
       |> MapSet.union(MapSet.new(to_disconnect))
+      |> MapSet.union(disconnecting)
       |> MapSet.delete(me)
 
     debug(state, fn ->
@@ -502,48 +547,91 @@ defmodule ClusterSRV.Strategy do
         "disconnecting #{length(to_disconnect)}"
     end)
 
-    jobs = Enum.map(to_disconnect, &{:disconnect, &1}) ++ Enum.map(to_connect, &{:connect, &1})
+    # Disconnects go first; connects to nodes never tried come next; retries of nodes that
+    # failed wait in a queue of their own, with slots of their own.
+    {retry, fresh} = Enum.split_with(to_connect, &MapSet.member?(state.unreachable, &1))
+    queue = Enum.reduce(to_disconnect, state.queue, &:queue.in_r({:disconnect, &1}, &2))
+    queue = Enum.reduce(fresh, queue, &:queue.in({:connect, &1}, &2))
+    retries = Enum.reduce(retry, state.retries, &:queue.in({:connect, &1}, &2))
+
+    busy =
+      Enum.reduce(to_disconnect, state.busy, &Map.put(&2, &1, {:disconnect, :queued}))
+      |> then(
+        &Enum.reduce(to_connect, &1, fn node, busy -> Map.put(busy, node, {:connect, :queued}) end)
+      )
 
     %{
       state
       | meta: meta,
+        listed: listed,
         unreachable: MapSet.intersection(state.unreachable, listed),
-        queue: Enum.reduce(jobs, state.queue, &:queue.in/2),
-        busy:
-          Enum.reduce(jobs, state.busy, fn {_, node}, busy -> Map.put(busy, node, :queued) end)
+        queue: queue,
+        retries: retries,
+        busy: busy
     }
     |> dispatch()
   end
 
-  # Starts queued jobs while fewer than @max_jobs run. Each job runs in its own process and
-  # reports through its exit reason, so a job that raises is reported the same way.
+  # Starts queued jobs while fewer than @max_jobs run, retries only while fewer than
+  # @max_retry_jobs of them run. A job queued before the latest answer may no longer be
+  # wanted: a connect to a node DNS dropped, a disconnect of a node DNS lists again; it is
+  # skipped.
   defp dispatch(state) do
-    if map_size(state.jobs) < @max_jobs do
-      case :queue.out(state.queue) do
-        {{:value, {kind, node}}, queue} ->
-          {m, f, args} = if kind == :connect, do: state.connect, else: state.disconnect
+    running_retries = Enum.count(state.jobs, fn {_, job} -> job.retry? end)
 
-          {_pid, monitor} =
-            spawn_monitor(fn ->
-              started = System.monotonic_time()
-              result = apply(m, f, args ++ [node])
-              exit({:cluster_srv_job, result, System.monotonic_time() - started})
-            end)
-
-          %{
-            state
-            | queue: queue,
-              jobs: Map.put(state.jobs, monitor, {kind, node}),
-              busy: Map.put(state.busy, node, monitor)
-          }
-          |> dispatch()
-
-        {:empty, _} ->
-          state
+    next =
+      cond do
+        map_size(state.jobs) >= @max_jobs -> nil
+        not :queue.is_empty(state.queue) -> {:queue, :queue.out(state.queue)}
+        running_retries < @max_retry_jobs -> {:retries, :queue.out(state.retries)}
+        true -> nil
       end
-    else
-      state
+
+    case next do
+      {_, {:empty, _}} ->
+        state
+
+      nil ->
+        state
+
+      {from, {{:value, {kind, node}}, rest}} ->
+        state = Map.put(state, from, rest)
+
+        if wanted?(state, kind, node) do
+          state |> start_job(kind, node, from == :retries) |> dispatch()
+        else
+          dispatch(%{state | busy: Map.delete(state.busy, node)})
+        end
     end
+  end
+
+  defp wanted?(state, :connect, node), do: MapSet.member?(state.listed, node)
+  defp wanted?(state, :disconnect, node), do: not MapSet.member?(state.listed, node)
+
+  # Each job runs in its own linked process and reports through its exit reason, so a job that
+  # raises is reported the same way, and a job that never returns is killed at its deadline.
+  defp start_job(state, kind, node, retry?) do
+    {m, f, args} = if kind == :connect, do: state.connect, else: state.disconnect
+
+    {pid, monitor} =
+      :erlang.spawn_opt(
+        fn ->
+          started = System.monotonic_time()
+          result = apply(m, f, args ++ [node])
+          exit({:cluster_srv_job, result, System.monotonic_time() - started})
+        end,
+        [:link, :monitor]
+      )
+
+    # A job whose MFA has not returned by then is killed and counted as a failure.
+    Process.send_after(self(), {:job_deadline, monitor}, state.config.connect_timeout)
+    job = %{kind: kind, node: node, pid: pid, retry?: retry?, timed_out?: false}
+
+    %{
+      state
+      | jobs: Map.put(state.jobs, monitor, job),
+        busy: Map.put(state.busy, node, {kind, monitor})
+    }
   end
 
   defp job_done(state, :connect, node, {:cluster_srv_job, true, duration}) do
@@ -619,6 +707,9 @@ defmodule ClusterSRV.Strategy do
   defp odd_outcome({:cluster_srv_job, result, _duration}),
     do: {"returned #{inspect(result)}", result}
 
+  defp odd_outcome(:no_return),
+    do: {"did not return within connect_timeout and was stopped", :timeout}
+
   defp odd_outcome(crash), do: {"crashed: #{inspect(crash)}", crash}
 
   # A node that stays unreachable is reported once, then at debug level until it connects.
@@ -646,23 +737,15 @@ defmodule ClusterSRV.Strategy do
     %{state | failure: reason, failures: 1}
   end
 
-  # The same kind of failure is the same problem, even when its text differs from poll to poll
-  # (a malformed answer's decoding error, say): it is logged again only when its kind changes.
+  # A failure is warned about once, when it starts; while it lasts, the polls that fail again
+  # (with the same reason or another) are logged at debug level only.
   defp lookup_failed(state, reason) do
-    if failure_kind(reason) == failure_kind(state.failure) do
-      debug(state, fn ->
-        "lookup of #{state.config.query} still failing: #{describe_failure(reason)}"
-      end)
+    debug(state, fn ->
+      "lookup of #{state.config.query} still failing: #{describe_failure(reason)}"
+    end)
 
-      %{state | failure: reason, failures: state.failures + 1}
-    else
-      warn(state, "lookup of #{state.config.query} now fails with: #{describe_failure(reason)}")
-      %{state | failure: reason, failures: state.failures + 1}
-    end
+    %{state | failure: reason, failures: state.failures + 1}
   end
-
-  defp failure_kind({kind, _detail}) when is_atom(kind), do: kind
-  defp failure_kind(reason), do: reason
 
   defp lookup_recovered(%{failure: nil} = state), do: state
 

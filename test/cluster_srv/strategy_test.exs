@@ -39,18 +39,24 @@ defmodule ClusterSRV.StrategyTest do
   end
 
   defp config(resolver, extra \\ []) do
-    [
-      service: "myapp-headless",
-      namespace: "default",
-      application_name: "myapp",
-      cluster_domain: "cluster.local.",
-      polling_interval: @interval,
-      resolver: resolver
-    ] ++ extra
+    Keyword.merge(
+      [
+        service: "myapp-headless",
+        namespace: "default",
+        application_name: "myapp",
+        cluster_domain: "cluster.local.",
+        polling_interval: @interval,
+        resolver: resolver
+      ],
+      extra
+    )
   end
 
   defp start(config, opts \\ []) do
-    probe = Probe.start!(Keyword.take(opts, [:connected, :delay, :results]))
+    probe =
+      Probe.start!(
+        Keyword.take(opts, [:connected, :delay, :results, :disconnect_delay, :disconnect_results])
+      )
 
     state = %Cluster.Strategy.State{
       topology: Keyword.get(opts, :topology, :test),
@@ -286,6 +292,97 @@ defmodule ClusterSRV.StrategyTest do
     end
   end
 
+  describe "jobs" do
+    test "a disconnect that fails while a poll runs keeps its node known, and is tried again" do
+      {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+      capture_log(fn ->
+        {pid, _probe} =
+          start(config(resolver),
+            disconnect_delay: 3 * @interval,
+            disconnect_results: %{node_name(1) => {:error, :busy}}
+          )
+
+        await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+        Agent.update(dns, fn _ -> hostent([target(0)]) end)
+        assert_receive {:probe, :disconnect, node, _}, 1_000
+        assert node == node_name(1)
+        # Polls run while the disconnect hangs; then it fails: the node stays known...
+        Process.sleep(4 * @interval)
+        assert MapSet.member?(meta(pid), node_name(1))
+        # ...and the next poll tries again.
+        assert_receive {:probe, :disconnect, ^node, _}, 1_000
+      end)
+    end
+
+    test "a queued connect to a node a newer answer dropped is not made" do
+      # 40 slow connects: 32 start, 8 wait. The next answer drops the 8 before a slot frees.
+      targets = for i <- 0..39, do: target(i)
+      {dns, resolver} = fake_dns(hostent(targets))
+      {_pid, _probe} = start(config(resolver), delay: 5 * @interval)
+
+      for _ <- 1..32, do: assert_receive({:probe, :connect, _, _}, 1_000)
+      Agent.update(dns, fn _ -> hostent(Enum.take(targets, 32)) end)
+      refute_receive {:probe, :connect, _, _}, 8 * @interval
+    end
+
+    test "retries of failed nodes leave room: a new node connects at once behind 40 dead ones" do
+      dead = for i <- 0..39, do: target(i)
+      results = Map.new(0..39, &{node_name(&1), false})
+      {dns, resolver} = fake_dns(hostent(dead))
+
+      capture_log(fn ->
+        {_pid, probe} = start(config(resolver), results: results)
+        # Every dead node fails once, fast; from then on its connects hang, as retries.
+        for _ <- 1..40, do: assert_receive({:probe, :connect, _, _}, 1_000)
+        Probe.put_delay(probe, 50 * @interval)
+        Process.sleep(3 * @interval)
+
+        Agent.update(dns, fn _ -> hostent(dead ++ [target(99)]) end)
+        new = node_name(99)
+        # With all 32 slots held by hanging retries it would wait 5 s.
+        assert_receive {:probe, :connect, ^new, _}, 3 * @interval
+      end)
+    end
+
+    test "a connect that never returns is stopped at connect_timeout and tried again" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+
+      log =
+        capture_log(fn ->
+          {_pid, _probe} = start(config(resolver, connect_timeout: 200), delay: :infinity)
+          assert_receive {:probe, :connect, _, _}, 1_000
+          assert_receive {:probe_job, job}, 1_000
+          assert_receive {:probe, :connect, _, _}, 1_000
+          refute Process.alive?(job)
+        end)
+
+      assert log =~ "did not return within connect_timeout"
+    end
+
+    test "jobs end with the strategy" do
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {pid, _probe} = start(config(resolver), delay: :infinity)
+      assert_receive {:probe_job, job}, 1_000
+      Process.unlink(pid)
+      Process.exit(pid, :shutdown)
+      ref = Process.monitor(job)
+      assert_receive {:DOWN, ^ref, :process, ^job, _}, 1_000
+    end
+
+    test "a stray :poll message is ignored" do
+      {_dns, resolver} = fake_dns(fn -> Process.sleep(200) && hostent([target(0)]) end)
+      {pid, _probe} = start(config(resolver, polling_interval: 60_000))
+      assert_receive {:lookup, _, _}, 1_000
+      send(pid, :poll)
+      send(pid, {:poll, make_ref()})
+      assert_receive {:probe, :connect, _, _}, 1_000
+      assert Process.alive?(pid)
+      # One chain only: no second lookup in the next 300 ms.
+      refute_receive {:lookup, _, _}, 300
+    end
+  end
+
   describe "disconnects" do
     test "a node a successful answer no longer lists is disconnected" do
       {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
@@ -465,6 +562,7 @@ defmodule ClusterSRV.StrategyTest do
             {:resolver, &Map.get/2, "a function of one argument"},
             {:node_naming, :fqdn, ":hostname"},
             {:max_nodes, 0, "a positive integer"},
+            {:connect_timeout, 0, "a positive integer of milliseconds"},
             {:timeout, -5, "a positive integer of milliseconds"},
             {:nameservers, ["dns:53"], "is not a nameserver"},
             {:cluster_domain, "bad domain", "the cluster's DNS domain"}
@@ -475,6 +573,46 @@ defmodule ClusterSRV.StrategyTest do
         assert error.message =~ inspect(key), "#{key}: #{error.message}"
         assert error.message =~ inspect(bad), "#{key}: #{error.message}"
         assert error.message =~ expected, "#{key}: #{error.message}"
+      end
+    end
+
+    test "keys that would be ignored are refused: protocol without port_name, query with others" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      error = assert_raise ArgumentError, fn -> start(config(resolver, protocol: "udp")) end
+      assert error.message =~ ":protocol is the protocol of :port_name"
+
+      for key <- [:cluster_domain, :protocol] do
+        query_config =
+          config(resolver, [{:query, "_x._tcp.example."}, {key, "x"}]) |> drop_service()
+
+        query_config =
+          if key == :cluster_domain,
+            do: query_config ++ [cluster_domain: "x."],
+            else: query_config
+
+        error = assert_raise ArgumentError, fn -> start(query_config) end
+        assert error.message =~ "#{inspect(key)} cannot be combined with :query"
+      end
+    end
+
+    test "a bad CLUSTER_DOMAIN is refused at start, naming the variable" do
+      {_dns, resolver} = fake_dns(hostent([]))
+      previous = System.get_env("CLUSTER_DOMAIN")
+      System.put_env("CLUSTER_DOMAIN", "bad domain")
+
+      try do
+        error =
+          assert_raise ArgumentError, fn ->
+            start(Keyword.delete(config(resolver), :cluster_domain))
+          end
+
+        assert error.message =~ ~s(invalid CLUSTER_DOMAIN environment variable)
+        assert error.message =~ ~s("bad domain")
+      after
+        if previous,
+          do: System.put_env("CLUSTER_DOMAIN", previous),
+          else: System.delete_env("CLUSTER_DOMAIN")
       end
     end
 
@@ -614,6 +752,13 @@ defmodule ClusterSRV.StrategyTest do
 
         assert_receive {:telemetry, [:cluster_srv, :lookup], %{records: 0, nodes: 0},
                         %{result: {:error, :servfail}}},
+                       1_000
+
+        # An answer with records but no valid name is a failed poll too.
+        Agent.update(dns, fn _ -> hostent(["bad_name.#{@domain}"]) end)
+
+        assert_receive {:telemetry, [:cluster_srv, :lookup], %{records: 1, nodes: 0},
+                        %{result: {:error, :no_valid_names}}},
                        1_000
       end)
     end

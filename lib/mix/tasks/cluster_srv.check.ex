@@ -259,7 +259,8 @@ defmodule Mix.Tasks.ClusterSrv.Check do
           end
 
         [
-          "  the other nodes will dial #{inspect(String.to_atom(dialed))} for this pod, but it is named #{inspect(me)}:",
+          # A string, not an atom: this target may be one the strategy rejected.
+          "  the other nodes will dial #{inspect(dialed)} for this pod, but it is named #{inspect(me)}:",
           "  set RELEASE_NODE=#{dialed} (in rel/env.sh.eex: #{config.application_name}@$(hostname -f), or " <>
             "#{config.application_name}@$(POD_IP) with node_naming: :ip)"
         ]

@@ -195,7 +195,7 @@ defmodule Mix.Tasks.ClusterSrv.CheckTest do
       assert output =~ "✗ its name is not among the node names", output
 
       assert output =~
-               ~s(the other nodes will dial :"myapp@myapp-1.myapp-headless.default.svc.cluster.local")
+               ~s(the other nodes will dial "myapp@myapp-1.myapp-headless.default.svc.cluster.local")
 
       assert output =~ "RELEASE_NODE="
     end

@@ -12,9 +12,10 @@ defmodule ClusterSRV.Harness.Probe do
   use Agent
 
   @doc """
-  Starts a probe owned by the caller. Options: `:connected` (nodes seen as connected at start),
-  `:delay` (ms each connect takes), `:results` (a map of node to what connect returns; `true`
-  by default).
+    Starts a probe owned by the caller. Options: `:connected` (nodes seen as connected at start),
+  `:delay` (ms each connect takes; `:infinity` for a connect that never returns), `:results` (a
+  map of node to what connect returns; `true` by default), `:disconnect_delay` and
+  `:disconnect_results`, the same for disconnects.
   """
   def start!(opts \\ []) do
     owner = self()
@@ -25,7 +26,9 @@ defmodule ClusterSRV.Harness.Probe do
           owner: owner,
           connected: MapSet.new(Keyword.get(opts, :connected, [])),
           delay: Keyword.get(opts, :delay, 0),
-          results: Keyword.get(opts, :results, %{})
+          results: Keyword.get(opts, :results, %{}),
+          disconnect_delay: Keyword.get(opts, :disconnect_delay, 0),
+          disconnect_results: Keyword.get(opts, :disconnect_results, %{})
         }
       end)
 
@@ -51,7 +54,8 @@ defmodule ClusterSRV.Harness.Probe do
   def connect(probe, node) do
     %{owner: owner, delay: delay, results: results} = Agent.get(probe, & &1)
     send(owner, {:probe, :connect, node, System.monotonic_time(:millisecond)})
-    if delay > 0, do: Process.sleep(delay)
+    send(owner, {:probe_job, self()})
+    if delay == :infinity or delay > 0, do: Process.sleep(delay)
 
     case Map.get(results, node, true) do
       :raise ->
@@ -68,10 +72,18 @@ defmodule ClusterSRV.Harness.Probe do
 
   @doc false
   def disconnect(probe, node) do
-    owner = Agent.get(probe, & &1.owner)
+    %{owner: owner, disconnect_delay: delay, disconnect_results: results} = Agent.get(probe, & &1)
     send(owner, {:probe, :disconnect, node, System.monotonic_time(:millisecond)})
-    Agent.update(probe, &%{&1 | connected: MapSet.delete(&1.connected, node)})
-    true
+    if delay > 0, do: Process.sleep(delay)
+
+    case Map.get(results, node, true) do
+      true ->
+        Agent.update(probe, &%{&1 | connected: MapSet.delete(&1.connected, node)})
+        true
+
+      other ->
+        other
+    end
   end
 
   @doc false
