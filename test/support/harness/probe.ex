@@ -52,33 +52,29 @@ defmodule ClusterSRV.Harness.Probe do
 
   @doc false
   def connect(probe, node) do
-    %{owner: owner, delay: delay, results: results} = Agent.get(probe, & &1)
-    send(owner, {:probe, :connect, node, System.monotonic_time(:millisecond)})
+    %{delay: delay, results: results} = state = Agent.get(probe, & &1)
+    run(probe, state.owner, {:connect, node}, delay, results, &MapSet.put/2)
+  end
+
+  @doc false
+  def disconnect(probe, node) do
+    %{disconnect_delay: delay, disconnect_results: results} = state = Agent.get(probe, & &1)
+    run(probe, state.owner, {:disconnect, node}, delay, results, &MapSet.delete/2)
+  end
+
+  # Reports the call and the process making it, waits, then returns the node's set result
+  # (`true` unless set; `:raise` raises), updating the connected set only on `true`.
+  defp run(probe, owner, {kind, node}, delay, results, update) do
+    send(owner, {:probe, kind, node, System.monotonic_time(:millisecond)})
     send(owner, {:probe_job, self()})
     if delay == :infinity or delay > 0, do: Process.sleep(delay)
 
     case Map.get(results, node, true) do
       :raise ->
-        raise "probe connect to #{node} raised"
+        raise "probe #{kind} to #{node} raised"
 
       true ->
-        Agent.update(probe, &%{&1 | connected: MapSet.put(&1.connected, node)})
-        true
-
-      other ->
-        other
-    end
-  end
-
-  @doc false
-  def disconnect(probe, node) do
-    %{owner: owner, disconnect_delay: delay, disconnect_results: results} = Agent.get(probe, & &1)
-    send(owner, {:probe, :disconnect, node, System.monotonic_time(:millisecond)})
-    if delay > 0, do: Process.sleep(delay)
-
-    case Map.get(results, node, true) do
-      true ->
-        Agent.update(probe, &%{&1 | connected: MapSet.delete(&1.connected, node)})
+        Agent.update(probe, &%{&1 | connected: update.(&1.connected, node)})
         true
 
       other ->
