@@ -171,6 +171,32 @@ defmodule ClusterSRV.Integration.ReleaseTest do
         for {_port, {name, seen}} <- members do
           assert seen == names, "#{name} sees #{inspect(MapSet.to_list(seen))}"
         end
+
+        # The README's way to run the check inside a pod, where there is no Mix. The rpc
+        # client node listens on the shared distribution port too, so on an address of its own.
+        [{label, ip} | _] = @service.pods
+        host = Zone.target(@service, {label, ip})
+
+        check =
+          "Mix.Tasks.ClusterSrv.Check.run(~w(--service example-headless --namespace default " <>
+            "--application-name example --nameserver #{DNS.nameserver(dns)}))"
+
+        {output, status} =
+          System.cmd(bin, ["rpc", check],
+            env: [
+              {"NODE_HOST", host},
+              {"RELEASE_COOKIE", "release-test"},
+              {"ERL_INETRC", inetrc},
+              {"ERL_AFLAGS",
+               "-start_epmd false -erl_epmd_port 4370 -kernel inet_dist_use_interface {127,0,0,250}"}
+            ],
+            stderr_to_stdout: true
+          )
+
+        assert status == 0, output
+        assert output =~ "Node names the strategy would connect to (3)", output
+        assert output =~ ~s(✓ :"example@#{host}"), output
+        refute output =~ "✗", output
       after
         Enum.each(pods, fn {_, port} -> Watchdog.close(port) end)
       end
