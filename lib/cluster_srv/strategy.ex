@@ -317,6 +317,7 @@ defmodule ClusterSRV.Strategy do
   def handle_info({:DOWN, monitor, :process, _pid, reason}, state)
       when is_map_key(state.jobs, monitor) do
     {job, jobs} = Map.pop(state.jobs, monitor)
+    Process.cancel_timer(job.deadline)
     state = %{state | jobs: jobs, busy: Map.delete(state.busy, job.node)}
     reason = if job.timed_out?, do: :no_return, else: reason
     {:noreply, state |> job_done(job.kind, job.node, reason) |> dispatch()}
@@ -555,10 +556,9 @@ defmodule ClusterSRV.Strategy do
     retries = Enum.reduce(retry, state.retries, &:queue.in({:connect, &1}, &2))
 
     busy =
-      Enum.reduce(to_disconnect, state.busy, &Map.put(&2, &1, {:disconnect, :queued}))
-      |> then(
-        &Enum.reduce(to_connect, &1, fn node, busy -> Map.put(busy, node, {:connect, :queued}) end)
-      )
+      state.busy
+      |> Map.merge(Map.new(to_disconnect, &{&1, {:disconnect, :queued}}))
+      |> Map.merge(Map.new(to_connect, &{&1, {:connect, :queued}}))
 
     %{
       state
@@ -624,8 +624,16 @@ defmodule ClusterSRV.Strategy do
       )
 
     # A job whose MFA has not returned by then is killed and counted as a failure.
-    Process.send_after(self(), {:job_deadline, monitor}, state.config.connect_timeout)
-    job = %{kind: kind, node: node, pid: pid, retry?: retry?, timed_out?: false}
+    deadline = Process.send_after(self(), {:job_deadline, monitor}, state.config.connect_timeout)
+
+    job = %{
+      kind: kind,
+      node: node,
+      pid: pid,
+      deadline: deadline,
+      retry?: retry?,
+      timed_out?: false
+    }
 
     %{
       state

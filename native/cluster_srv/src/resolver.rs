@@ -917,34 +917,18 @@ mod tests {
             .0,
             "answer"
         );
-        assert_eq!(
-            reason(classify(
-                answer(ResponseCode::NoError, vec![]),
-                RecordType::SRV
-            )),
-            ("final", Some(Error::NoRecords))
-        );
-        assert_eq!(
-            reason(classify(
-                answer(ResponseCode::NXDomain, vec![]),
-                RecordType::SRV
-            )),
-            ("final", Some(Error::NxDomain))
-        );
-        assert_eq!(
-            reason(classify(
-                answer(ResponseCode::ServFail, vec![]),
-                RecordType::SRV
-            )),
-            ("next", Some(Error::ServFail))
-        );
-        assert_eq!(
-            reason(classify(
-                answer(ResponseCode::Refused, vec![]),
-                RecordType::SRV
-            )),
-            ("next", Some(Error::Refused))
-        );
+        for (code, expected) in [
+            (ResponseCode::NoError, ("final", Some(Error::NoRecords))),
+            (ResponseCode::NXDomain, ("final", Some(Error::NxDomain))),
+            (ResponseCode::ServFail, ("next", Some(Error::ServFail))),
+            (ResponseCode::Refused, ("next", Some(Error::Refused))),
+        ] {
+            assert_eq!(
+                reason(classify(answer(code, vec![]), RecordType::SRV)),
+                expected,
+                "{code:?}"
+            );
+        }
         match classify(answer(ResponseCode::NotImp, vec![]), RecordType::SRV) {
             Outcome::TryNext(Error::Io(message)) => {
                 assert!(message.contains("Not Implemented"), "{message}")
