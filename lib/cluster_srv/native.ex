@@ -5,6 +5,7 @@ defmodule ClusterSRV.Native do
 
   @on_load :load
   @load_error_key {__MODULE__, :load_error}
+  @loaded_key {__MODULE__, :loaded}
 
   @doc false
   def load do
@@ -17,18 +18,35 @@ defmodule ClusterSRV.Native do
     case result do
       :ok ->
         :persistent_term.erase(@load_error_key)
+        :persistent_term.put(@loaded_key, true)
         :ok
 
-      # Loading the module must still succeed, so that a call gets our explanation below
-      # rather than an :undef.
+      # The module is being loaded again (a hot upgrade, IEx's r/1) while its current code
+      # holds the library: rustler has no upgrade support, so the new code is refused and the
+      # running code keeps the loaded library.
       {:error, reason} ->
-        :persistent_term.put(@load_error_key, reason)
-        :ok
+        if :erlang.module_loaded(__MODULE__) and :persistent_term.get(@loaded_key, false) do
+          :logger.error(
+            "ClusterSRV.Native was not reloaded (#{inspect(reason)}): rustler NIF libraries " <>
+              "cannot be upgraded in a running VM. The loaded library stays in use; restart " <>
+              "the VM to load a new build."
+          )
+
+          :reload_refused
+        else
+          # Loading the module must still succeed, so that a call gets our explanation below
+          # rather than an :undef.
+          :persistent_term.put(@load_error_key, reason)
+          :ok
+        end
     end
   end
 
   @doc false
-  def resolver_new(_nameservers, _timeout_ms, _attempts), do: not_loaded()
+  def resolver_new(_nameservers, _search, _ndots, _timeout_ms, _attempts), do: not_loaded()
+
+  @doc false
+  def resolver_plan(_resolver), do: not_loaded()
 
   @doc false
   def start_lookup(_resolver, _name, _fill_addresses, _tag), do: not_loaded()

@@ -16,8 +16,9 @@ defmodule ClusterSRV.Resolver do
   ## Options
 
     * `:nameservers` - the servers to ask, each as `"ip"` (port 53), `"ip:port"`,
-      `"[ipv6]:port"`, `{ip_string, port}` or `{ip_tuple, port}`. When left out, the system's
-      `/etc/resolv.conf` is used, with its search list and `ndots`.
+      `"[ipv6]:port"`, `{ip_string, port}` or `{ip_tuple, port}`. When left out, the VM's own
+      resolver settings are used, as `:inet_res` uses them, else `/etc/resolv.conf` (see
+      `new/1`).
     * `:timeout` - the time allowed for each try, in milliseconds. Defaults to `2_000`.
     * `:attempts` - the total number of tries. Defaults to `2`. A server that never answers gives
       `{:error, :timeout}` after about `timeout * attempts`.
@@ -45,14 +46,20 @@ defmodule ClusterSRV.Resolver do
   alias ClusterSRV.{Config, Native, Record}
 
   @enforce_keys [:ref, :nameservers, :timeout, :attempts]
-  defstruct [:ref, :nameservers, :timeout, :attempts]
+  defstruct [:ref, :nameservers, :timeout, :attempts, source: :nameservers, servers: []]
 
-  @typedoc "A configured resolver. Share it freely: lookups do not change it."
+  @typedoc """
+  A configured resolver. Share it freely: lookups do not change it, and it keeps nothing
+  between them. `:source` says where its servers came from (`:nameservers`, `:vm` or
+  `:resolv_conf`) and `:servers` lists them as `"ip:port"`.
+  """
   @type t :: %__MODULE__{
           ref: reference(),
           nameservers: list(),
           timeout: pos_integer(),
-          attempts: pos_integer()
+          attempts: pos_integer(),
+          source: :nameservers | :vm | :resolv_conf,
+          servers: [String.t()]
         }
 
   @type reason ::
@@ -72,8 +79,22 @@ defmodule ClusterSRV.Resolver do
   @doc """
   Builds a resolver. No query is sent until the first lookup.
 
+  The servers it asks are, in this order of precedence:
+
+    1. `:nameservers`, when given (with no search list);
+    2. else the servers the VM itself resolves with, as `:inet_res` does (and so libcluster's
+       `Kubernetes.DNSSRV`): `:inet_db`'s `nameservers` and `alt_nameservers`, with its
+       `search` list (or `domain`). These come from `/etc/resolv.conf` unless `ERL_INETRC`
+       or the application changed them. As with `:inet_res`, a relative name with a dot is
+       tried as it is before the search list;
+    3. else `/etc/resolv.conf`, with its search list and `ndots`.
+
   Raises `ArgumentError` for a malformed option, naming the value. Returns `{:error, reason}`
-  only when the system configuration cannot be read (when `:nameservers` is left out).
+  only when no server can be found (when `:nameservers` is left out).
+
+      iex> {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"])
+      iex> {resolver.source, resolver.servers}
+      {:nameservers, ["127.0.0.1:5353"]}
   """
   @spec new(keyword()) :: {:ok, t()} | {:error, reason()}
   def new(opts \\ []) do
@@ -81,16 +102,48 @@ defmodule ClusterSRV.Resolver do
     nameservers = opts[:nameservers]
     terms = Enum.map(nameservers, &Config.nameserver_term!(&1, nameservers))
 
-    case Native.resolver_new(terms, opts[:timeout], opts[:attempts]) do
-      {:ok, ref} ->
-        {:ok, struct!(__MODULE__, [ref: ref] ++ opts)}
+    {source, terms, search} =
+      case {terms, vm_settings()} do
+        {[], {[], _search}} -> {:resolv_conf, [], []}
+        {[], {vm_servers, search}} -> {:vm, vm_servers, search}
+        {terms, _vm} -> {:nameservers, terms, []}
+      end
 
-      {:error, {:invalid_nameserver, index, why}} ->
+    # :inet_res tries a name with an embedded dot as it is first: ndots 1.
+    case Native.resolver_new(terms, search, 1, opts[:timeout], opts[:attempts]) do
+      {:ok, ref} ->
+        %{servers: servers} = Native.resolver_plan(ref)
+        {:ok, struct!(__MODULE__, [ref: ref, source: source, servers: servers] ++ opts)}
+
+      {:error, {:invalid_nameserver, index, why}} when source == :nameservers ->
         Config.invalid_nameserver!(Enum.at(nameservers, index), nameservers, why)
 
       {:error, reason} ->
         {:error, reason}
     end
+  end
+
+  # The VM's own resolver settings, refreshed from resolv.conf as :inet_res refreshes them
+  # before a query. Servers of a family or shape the native side does not take are left out.
+  defp vm_settings do
+    if function_exported?(:inet_db, :res_update_conf, 0), do: :inet_db.res_update_conf()
+
+    servers =
+      for {ip, port} <-
+            :inet_db.res_option(:nameservers) ++ :inet_db.res_option(:alt_nameservers),
+          is_integer(port),
+          text = :inet.ntoa(ip),
+          is_list(text),
+          uniq: true,
+          do: {List.to_string(text), port}
+
+    search =
+      case :inet_db.res_option(:search) do
+        [] -> [:inet_db.res_option(:domain)]
+        search -> search
+      end
+
+    {servers, for(domain <- search, domain not in [~c"", ~c"."], do: List.to_string(domain))}
   end
 
   @doc """
@@ -247,8 +300,8 @@ defmodule ClusterSRV.Resolver do
 
   defimpl Inspect do
     def inspect(resolver, _opts) do
-      "#ClusterSRV.Resolver<nameservers: #{Kernel.inspect(resolver.nameservers)}, " <>
-        "timeout: #{resolver.timeout}, attempts: #{resolver.attempts}>"
+      "#ClusterSRV.Resolver<servers: #{Kernel.inspect(resolver.servers)} " <>
+        "(#{resolver.source}), timeout: #{resolver.timeout}, attempts: #{resolver.attempts}>"
     end
   end
 end

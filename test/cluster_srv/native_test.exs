@@ -39,6 +39,29 @@ defmodule ClusterSRV.NativeTest do
     end
   end
 
+  test "reloading the module keeps the loaded library: the reload is refused and said so" do
+    # In a VM of its own: a reload that went wrong here would break every other test.
+    script = """
+    {:ok, _} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:1"])
+    {:module, ClusterSRV.Native} = :code.ensure_loaded(ClusterSRV.Native)
+    beam = :code.which(ClusterSRV.Native)
+    {:ok, binary} = File.read(beam)
+    IO.puts("reload: " <> inspect(:code.load_binary(ClusterSRV.Native, beam, binary)))
+    {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:1"], timeout: 50, attempts: 1)
+    IO.puts("after: " <> inspect(ClusterSRV.Resolver.lookup(resolver, "x..y")))
+    """
+
+    {output, 0} =
+      System.cmd("elixir", ["-pa", Path.join(Mix.Project.app_path(), "ebin"), "-e", script],
+        stderr_to_stdout: true
+      )
+
+    assert output =~ "reload: {:error, :on_load_failure}"
+    assert output =~ "ClusterSRV.Native was not reloaded"
+    assert output =~ "restart the VM"
+    assert output =~ ~s|after: {:error, {:invalid_name, "x..y"}}|
+  end
+
   @tag :tmp_dir
   test "without the library, a call explains how to build it", %{tmp_dir: tmp_dir} do
     # A copy of the app's code with no priv dir: what a user sees if the NIF was never built.

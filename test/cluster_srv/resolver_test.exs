@@ -8,7 +8,9 @@ defmodule ClusterSRV.ResolverTest do
     test "builds a resolver with the defaults filled in" do
       assert {:ok, resolver} = Resolver.new(nameservers: ["127.0.0.1:5353"])
       assert %Resolver{timeout: 2_000, attempts: 2, nameservers: ["127.0.0.1:5353"]} = resolver
-      assert inspect(resolver) =~ "#ClusterSRV.Resolver<nameservers: [\"127.0.0.1:5353\"]"
+
+      assert inspect(resolver) =~
+               "#ClusterSRV.Resolver<servers: [\"127.0.0.1:5353\"] (nameservers)"
     end
 
     test "accepts every nameserver form, IPv6 included" do
@@ -24,8 +26,22 @@ defmodule ClusterSRV.ResolverTest do
       assert {:ok, _} = Resolver.new(nameservers: forms)
     end
 
-    test "without nameservers it reads the system's resolv.conf (and sends nothing yet)" do
-      assert {:ok, %Resolver{nameservers: []}} = Resolver.new()
+    test "without nameservers it asks the servers the VM resolves with (and sends nothing yet)" do
+      :inet_db.res_update_conf()
+
+      vm_servers =
+        for {ip, port} <-
+              :inet_db.res_option(:nameservers) ++ :inet_db.res_option(:alt_nameservers),
+            uniq: true,
+            do: "#{:inet.ntoa(ip)}:#{port}"
+
+      assert {:ok, %Resolver{nameservers: [], source: source, servers: servers}} = Resolver.new()
+
+      if vm_servers == [] do
+        assert source == :resolv_conf
+      else
+        assert {source, servers} == {:vm, vm_servers}
+      end
     end
 
     test "a malformed nameserver raises and names the value the user wrote" do

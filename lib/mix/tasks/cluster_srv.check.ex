@@ -37,7 +37,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   """
   use Mix.Task
 
-  alias ClusterSRV.{Config, Record, Strategy}
+  alias ClusterSRV.{Config, Record, Resolver, Strategy}
 
   @switches [
     service: :string,
@@ -128,9 +128,12 @@ defmodule Mix.Tasks.ClusterSrv.Check do
 
   defp check(%Config{} = config) do
     nameservers =
-      case config.resolver_options[:nameservers] do
-        [] -> "the system's resolv.conf"
-        list -> Enum.map_join(list, ", ", &to_string/1)
+      case Resolver.new(config.resolver_options) do
+        {:ok, %Resolver{source: source, servers: servers}} ->
+          Enum.join(servers, ", ") <> describe_source(source)
+
+        {:error, reason} ->
+          "no server (#{Strategy.describe_failure(reason)})"
       end
 
     section("Query", ["#{config.query} (SRV), asking #{nameservers}"])
@@ -378,6 +381,10 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   defp hints_for_error(_config, _reason), do: :ok
 
   # -- Output ------------------------------------------------------------------------------------
+
+  defp describe_source(:nameservers), do: ""
+  defp describe_source(:vm), do: " (the VM's resolver settings)"
+  defp describe_source(:resolv_conf), do: " (from /etc/resolv.conf)"
 
   defp section(title, lines) do
     IO.puts("\n#{title}:")

@@ -46,9 +46,18 @@ fn check_answer(bytes: &[u8]) {
             record.target
         );
     }
-    if let Ok(name) = Name::from_ascii(format!("{DOMAIN}.")) {
-        let query = Query::query(name, RecordType::SRV);
-        if let Ok(message) = crate::resolver::answer_to(message, &query) {
+    drop(message);
+    if let (Ok(name), Some(id)) = (
+        Name::from_ascii(format!("{DOMAIN}.")),
+        bytes.first_chunk::<2>(),
+    ) {
+        let request = crate::transport::Request {
+            id: u16::from_be_bytes(*id),
+            query: Query::query(name, RecordType::SRV),
+            bytes: Vec::new(),
+        };
+        if let Ok(Some(message)) = crate::transport::matching(bytes, &request) {
+            let _ = crate::resolver::refuses_edns(&message);
             let _ = crate::resolver::classify(message, RecordType::SRV);
         }
     }

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod names;
 pub mod resolver;
+pub mod transport;
 
 #[cfg(test)]
 mod fuzz;
@@ -37,11 +38,15 @@ mod nif {
             ttl,
             target,
             addresses,
-                        nif,
+            nif,
             task,
             nodes,
             records,
-            rejected,ip,
+            rejected,
+            ip,
+            servers,
+            search,
+            ndots,
         }
     }
 
@@ -50,8 +55,8 @@ mod nif {
         resolver: SrvResolver,
     }
 
-    // Its only state changed after construction is behind mutexes (the kept TCP connections,
-    // the large answers): a poisoned std mutex is taken as it is, and tokio's do not poison.
+    // The resolver is configuration only, never changed after it is built: a panic cannot leave
+    // it half-updated.
     impl RefUnwindSafe for ResolverResource {}
 
     #[rustler::resource_impl]
@@ -74,50 +79,65 @@ mod nif {
     }
 
     /// Builds a resolver. A bad nameserver gives `{:error, {:invalid_nameserver, index, why}}`, with
-    /// the index into the given list, so that Elixir can name the value the user wrote.
+    /// the index into the given list, so that Elixir can name the value the user wrote. With no
+    /// nameservers, the system's resolv.conf gives the servers, search list and ndots; with
+    /// some, `search` and `ndots` go with them.
     #[rustler::nif]
     fn resolver_new<'a>(
         env: Env<'a>,
         nameservers: Vec<NameserverArg>,
+        search: Vec<String>,
+        ndots: usize,
         timeout_ms: u64,
         attempts: u32,
     ) -> Term<'a> {
         guarded(env, || {
-            new_resolver(env, &nameservers, timeout_ms, attempts)
+            let mut addresses = Vec::with_capacity(nameservers.len());
+            for (index, nameserver) in nameservers.iter().enumerate() {
+                let parsed = match nameserver {
+                    NameserverArg::Text(text) => resolver::parse_nameserver(text),
+                    NameserverArg::WithPort(ip, port) => resolver::nameserver_with_port(ip, *port),
+                };
+                match parsed {
+                    Ok(address) => addresses.push(address),
+                    Err(why) => {
+                        let reason = (atoms::invalid_nameserver(), index, why);
+                        return (atoms::error(), reason).encode(env);
+                    }
+                }
+            }
+            let options = Options {
+                nameservers: addresses,
+                search,
+                ndots,
+                timeout: Duration::from_millis(timeout_ms),
+                attempts,
+            };
+            match SrvResolver::new(&options) {
+                Ok(resolver) => {
+                    (atoms::ok(), ResourceArc::new(ResolverResource { resolver })).encode(env)
+                }
+                Err(error) => (atoms::error(), error).encode(env),
+            }
         })
     }
 
-    fn new_resolver<'a>(
-        env: Env<'a>,
-        nameservers: &[NameserverArg],
-        timeout_ms: u64,
-        attempts: u32,
-    ) -> Term<'a> {
-        let mut addresses = Vec::with_capacity(nameservers.len());
-        for (index, nameserver) in nameservers.iter().enumerate() {
-            let parsed = match nameserver {
-                NameserverArg::Text(text) => resolver::parse_nameserver(text),
-                NameserverArg::WithPort(ip, port) => resolver::nameserver_with_port(ip, *port),
-            };
-            match parsed {
-                Ok(address) => addresses.push(address),
-                Err(why) => {
-                    let reason = (atoms::invalid_nameserver(), index, why);
-                    return (atoms::error(), reason).encode(env);
-                }
-            }
-        }
-        let options = Options {
-            nameservers: addresses,
-            timeout: Duration::from_millis(timeout_ms),
-            attempts,
-        };
-        match SrvResolver::new(&options) {
-            Ok(resolver) => {
-                (atoms::ok(), ResourceArc::new(ResolverResource { resolver })).encode(env)
-            }
-            Err(error) => (atoms::error(), error).encode(env),
-        }
+    /// Where a resolver asks: `%{servers: ["ip:port"], search: [domain], ndots: n}`.
+    #[rustler::nif]
+    fn resolver_plan(env: Env<'_>, resource: ResourceArc<ResolverResource>) -> Term<'_> {
+        guarded(env, || {
+            let plan = resource.resolver.plan();
+            let servers: Vec<String> = plan.servers.iter().map(|s| s.to_string()).collect();
+            let search: Vec<String> = plan.search.iter().map(|d| d.to_ascii()).collect();
+            let keys = [atoms::ndots(), atoms::search(), atoms::servers()].map(|k| k.encode(env));
+            let values = [
+                plan.ndots.encode(env),
+                search.encode(env),
+                servers.encode(env),
+            ];
+            Term::map_from_term_arrays(env, &keys, &values)
+                .unwrap_or_else(|_| atoms::error().encode(env))
+        })
     }
 
     /// Starts a lookup on the shared runtime and returns at once. The caller later receives

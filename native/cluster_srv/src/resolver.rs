@@ -1,36 +1,30 @@
-//! SRV resolution with hickory on one shared tokio runtime.
+//! SRV resolution on one shared tokio runtime.
 //!
-//! A lookup is one task on the runtime. It asks each server in turn with hickory's UDP client
-//! stream (random source port, ID and question checks), and asks again over hickory's TCP
-//! exchange when the answer is truncated. hickory-resolver reads the system's resolv.conf.
-//! hickory-resolver's own `Resolver` is not used for lookups: its cache, pool and retry layers,
-//! which a poller does not need, cost more per lookup than the whole round trip to the server
-//! (see bench/README.md).
+//! A lookup is one task on the runtime. Each try asks every server at once over UDP, asks
+//! again over TCP when the answer is truncated, and once more without EDNS when a server
+//! refuses EDNS (see `transport`, which keeps no socket or connection between exchanges).
+//! hickory-proto encodes and decodes the messages, and hickory-resolver reads the system's
+//! resolv.conf; hickory-resolver's own `Resolver` is not used for lookups: its cache, pool and
+//! retry layers, which a poller does not need, cost more per lookup than the whole round trip
+//! to the server (see bench/README.md).
 //!
 //! Everything here is plain Rust: `cargo test` exercises it without a BEAM.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use hickory_resolver::config::{ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::tcp::TcpClientStream;
-use hickory_resolver::net::udp::UdpClientStream;
-use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, DnsRequestSender};
-use hickory_resolver::net::NetError;
-use hickory_resolver::proto::op::{
-    DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode,
-};
+use hickory_resolver::proto::op::{Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use once_cell::sync::Lazy;
 use tokio::runtime::Runtime;
 
 use crate::error::Error;
 use crate::names::{self, Candidate, Naming, Rules};
+use crate::transport::{self, Request, UdpReply};
 
 /// The port a nameserver listens on when none is given.
 pub const DEFAULT_DNS_PORT: u16 = 53;
@@ -39,9 +33,6 @@ pub const DEFAULT_DNS_PORT: u16 = 53;
 /// a scheduler per core, and a second worker made every lookup slower by waking it for each
 /// answer (measured: 213 µs against 163 µs for a 3-record answer, see bench/README.md).
 const WORKER_THREADS: usize = 1;
-
-/// The EDNS UDP payload size we advertise, as hickory and the DNS flag day recommend.
-const EDNS_PAYLOAD: u16 = 1232;
 
 static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
     tokio::runtime::Builder::new_multi_thread()
@@ -76,8 +67,13 @@ pub struct SrvRecord {
 pub struct Options {
     /// Servers to ask; empty means the system's resolv.conf, with its search list and ndots.
     pub nameservers: Vec<SocketAddr>,
-    /// Time allowed for each try's UDP exchange (and for a TCP connect and exchange after a
-    /// truncated answer). Within it, hickory sends the query again every 333 ms.
+    /// The search list that goes with `nameservers` (ignored without them). Entries that are
+    /// not valid domain names are left out.
+    pub search: Vec<String>,
+    /// How many dots make a relative name be tried as it is before the search list.
+    pub ndots: usize,
+    /// Time allowed for each try: the UDP exchange (sent at most 3 times, at 0, 333 and 666
+    /// ms), a retry without EDNS, and the TCP exchange after a truncated answer.
     pub timeout: Duration,
     /// Total number of tries, the first one included.
     pub attempts: u32,
@@ -139,37 +135,21 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-/// A configured resolver. Cheap to share: lookups borrow it.
+/// A configured resolver. It holds only its configuration: no socket, connection or answer
+/// outlives the lookup that used it, so a fault can never outlast the lookup it broke.
 pub struct SrvResolver {
     plan: Plan,
     timeout: Duration,
     attempts: u32,
     deadline: Duration,
-    // Keeps hickory's background tasks (TCP exchanges) alive for as long as the resolver.
-    provider: TokioRuntimeProvider,
-    // Per server, one multiplexed TCP connection, opened at the first truncated answer and kept:
-    // a burst of lookups must not open a connection each and overflow the server's listen queue.
-    tcp: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<TcpSlot>>>>,
-    // Questions whose answers came back truncated over UDP lately: asked over TCP for a while.
-    large_answers: std::sync::Mutex<HashMap<Query, Instant>>,
+    // Bounds the TCP connections open at once, so that a burst of lookups with large answers
+    // queues here instead of overflowing the server's listen queue (BIND's holds 10). A permit
+    // lives only as long as one exchange.
+    tcp_slots: tokio::sync::Semaphore,
 }
 
-/// A server's kept TCP connection. The generation tells a lookup whether the connection it
-/// saw fail is still the kept one, or one another lookup has opened since.
-#[derive(Default)]
-struct TcpSlot {
-    exchange: Option<(u64, DnsExchange<TokioRuntimeProvider>)>,
-    opened: u64,
-}
-
-/// Most questions remembered as having large answers; a poller asks one or two.
-const MAX_LARGE_ANSWERS: usize = 64;
-
-/// How long a question is asked over TCP directly after its answer was truncated.
-const LARGE_ANSWER_MEMORY: Duration = Duration::from_secs(300);
-
-/// Most TCP queries one connection carries at once (hickory's default is 32).
-const TCP_MAX_IN_FLIGHT: usize = 256;
+/// Most TCP connections one resolver has open at once.
+const TCP_CONNECTIONS: usize = 8;
 
 /// Most address lookups one `fill_addresses` runs at once.
 const FILL_CONCURRENCY: usize = 16;
@@ -196,8 +176,13 @@ impl SrvResolver {
         } else {
             Plan {
                 servers: options.nameservers.clone(),
-                search: vec![],
-                ndots: 1,
+                search: options
+                    .search
+                    .iter()
+                    .filter_map(|domain| Name::from_ascii(domain).ok())
+                    .filter(|domain| !domain.is_root())
+                    .collect(),
+                ndots: options.ndots,
             }
         };
         if plan.servers.is_empty() {
@@ -210,10 +195,13 @@ impl SrvResolver {
             timeout: options.timeout,
             attempts: options.attempts.max(1),
             deadline: overall_deadline(options),
-            provider: TokioRuntimeProvider::default(),
-            tcp: std::sync::Mutex::new(HashMap::new()),
-            large_answers: std::sync::Mutex::new(HashMap::new()),
+            tcp_slots: tokio::sync::Semaphore::new(TCP_CONNECTIONS),
         })
+    }
+
+    /// Where this resolver asks, and how it completes relative names.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// The longest a lookup may take before it gives `Error::Timeout`.
@@ -348,13 +336,15 @@ impl SrvResolver {
     /// One name, `attempts` tries; each try asks every server at once and takes the first
     /// answer that settles the question, so a dead server costs no more than one `timeout`.
     async fn query(&self, name: &Name, record_type: RecordType) -> Result<Message, Error> {
+        let query = Query::query(name.clone(), record_type);
         let mut last = Error::Timeout;
         for _ in 0..self.attempts {
+            let deadline = tokio::time::Instant::now() + self.timeout;
             let mut asks: FuturesUnordered<_> = self
                 .plan
                 .servers
                 .iter()
-                .map(|server| self.exchange(*server, name, record_type))
+                .map(|server| self.exchange(*server, &query, deadline))
                 .collect();
             while let Some(result) = asks.next().await {
                 match result {
@@ -370,161 +360,51 @@ impl SrvResolver {
         Err(last)
     }
 
-    /// One try against one server: UDP, then TCP when the answer was truncated.
+    /// One try against one server, all within `deadline`: UDP, then TCP when the answer was
+    /// truncated. A server that answers an EDNS query with FORMERR or NOTIMP may not know EDNS
+    /// (RFC 6891, section 7), so it is asked once more without it.
     async fn exchange(
         &self,
         server: SocketAddr,
-        name: &Name,
-        record_type: RecordType,
+        query: &Query,
+        deadline: tokio::time::Instant,
     ) -> Result<Message, Error> {
-        let query = Query::query(name.clone(), record_type);
-        let mut options = DnsRequestOptions::default();
-        options.edns_payload_len = EDNS_PAYLOAD;
-        let request = DnsRequest::from_query(query.clone(), options);
-
-        let large = self.is_large(&query);
-        if !large {
-            let mut udp = UdpClientStream::builder(server, self.provider.clone())
-                .with_timeout(Some(self.timeout))
-                .build();
-            let response = first_response(udp.send_message(request.clone()))
-                .await
-                .map_err(map_net_error)?;
-            if !response.metadata.truncation {
-                return answer_to(response.into_message(), &query);
-            }
-            if record_type == RecordType::SRV {
-                self.remember_large(&query);
-            }
+        let answer = self.ask(server, query, true, deadline).await?;
+        if refuses_edns(&answer) {
+            return self.ask(server, query, false, deadline).await;
         }
-
-        match self.tcp_query(server, request).await {
-            Ok(response) => answer_to(response.into_message(), &query),
-            Err(error) => {
-                // Maybe TCP is what fails here: ask over UDP first again next time.
-                if large {
-                    lock(&self.large_answers).remove(&query);
-                }
-                Err(error)
-            }
-        }
+        Ok(answer)
     }
 
-    /// A poller asks the same name again and again: once its answer was too large for UDP, it
-    /// is asked over TCP directly for a while, rather than paying for a truncated answer first.
-    fn is_large(&self, query: &Query) -> bool {
-        let mut large_answers = lock(&self.large_answers);
-        match large_answers.get(query) {
-            Some(since) if since.elapsed() < LARGE_ANSWER_MEMORY => true,
-            Some(_) => {
-                large_answers.remove(query);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn remember_large(&self, query: &Query) {
-        let mut large_answers = lock(&self.large_answers);
-        large_answers.retain(|_, since| since.elapsed() < LARGE_ANSWER_MEMORY);
-        if large_answers.len() < MAX_LARGE_ANSWERS {
-            large_answers.insert(query.clone(), Instant::now());
-        }
-    }
-
-    /// Sends `request` over the server's kept TCP connection, opening it when there is none. A
-    /// kept connection the server has since closed (BIND closes idle ones after 30 s) is
-    /// replaced once, within the same try.
-    async fn tcp_query(
+    async fn ask(
         &self,
         server: SocketAddr,
-        request: DnsRequest,
-    ) -> Result<DnsResponse, Error> {
-        let (generation, exchange, fresh) = self.tcp_exchange(server).await?;
-        match first_response(exchange.send(request.clone())).await {
-            Ok(response) => Ok(response),
-            // The connection is fine, only full: keep it.
-            Err(NetError::Busy) => Err(Error::Io("too many TCP queries in flight".to_string())),
-            Err(error) if fresh || matches!(error, NetError::Timeout) => {
-                self.forget_tcp(server, generation).await;
-                Err(map_net_error(error))
-            }
-            Err(_stale) => {
-                self.forget_tcp(server, generation).await;
-                let (generation, exchange, _) = self.tcp_exchange(server).await?;
-                let result = first_response(exchange.send(request)).await;
-                if result.is_err() {
-                    self.forget_tcp(server, generation).await;
-                }
-                result.map_err(map_net_error)
-            }
-        }
-    }
-
-    /// The server's kept connection, or a new one. Lookups to one server wait for one connect;
-    /// other servers are not held up. Returns the generation, the exchange, and whether it is new.
-    async fn tcp_exchange(
-        &self,
-        server: SocketAddr,
-    ) -> Result<(u64, DnsExchange<TokioRuntimeProvider>, bool), Error> {
-        let slot = lock(&self.tcp).entry(server).or_default().clone();
-        let mut slot = slot.lock().await;
-        if let Some((generation, exchange)) = &slot.exchange {
-            return Ok((*generation, exchange.clone(), false));
-        }
-        let exchange = TcpClientStream::exchange(
-            server,
-            None,
-            self.timeout,
-            Some(TCP_MAX_IN_FLIGHT),
-            self.provider.clone(),
-        )
-        .await
-        .map_err(map_net_error)?;
-        slot.opened += 1;
-        slot.exchange = Some((slot.opened, exchange.clone()));
-        Ok((slot.opened, exchange, true))
-    }
-
-    /// Drops the server's kept connection if it is still the one of `generation`.
-    async fn forget_tcp(&self, server: SocketAddr, generation: u64) {
-        let slot = lock(&self.tcp).get(&server).cloned();
-        if let Some(slot) = slot {
-            let mut slot = slot.lock().await;
-            if matches!(&slot.exchange, Some((kept, _)) if *kept == generation) {
-                slot.exchange = None;
+        query: &Query,
+        edns: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Message, Error> {
+        let request = Request::new(query.clone(), edns)?;
+        match transport::udp(server, &request, deadline).await? {
+            UdpReply::Answer(message) => Ok(message),
+            UdpReply::Truncated => {
+                let slot = tokio::time::timeout_at(deadline, self.tcp_slots.acquire())
+                    .await
+                    .map_err(|_| Error::Timeout)?
+                    .map_err(|_| Error::Io("the resolver is closed".to_string()))?;
+                let answer = transport::tcp(server, &request, deadline).await;
+                drop(slot);
+                answer
             }
         }
     }
 }
 
-/// Locks a mutex that guards plain data: a panic elsewhere cannot leave it half-updated, so a
-/// poisoned lock is taken as it is.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The first response of an exchange. hickory ends the stream without an item when the try
-/// timed out.
-async fn first_response<S>(mut responses: S) -> Result<DnsResponse, NetError>
-where
-    S: futures_util::Stream<Item = Result<DnsResponse, NetError>> + Unpin,
-{
-    match responses.next().await {
-        Some(result) => result,
-        None => Err(NetError::Timeout),
-    }
-}
-
-/// The answer must be to our question; hickory's UDP stream checks this too, its TCP one does not.
-pub(crate) fn answer_to(message: Message, query: &Query) -> Result<Message, Error> {
-    if message.queries.len() == 1 && message.queries[0] == *query {
-        Ok(message)
-    } else {
-        Err(Error::Io("the answer is to another question".to_string()))
-    }
+/// Whether an answer to an EDNS query says the server does not take EDNS.
+pub(crate) fn refuses_edns(answer: &Message) -> bool {
+    matches!(
+        answer.metadata.response_code,
+        ResponseCode::FormErr | ResponseCode::NotImp
+    )
 }
 
 /// What an answer means for the lookup.
@@ -642,18 +522,6 @@ fn parse_query_name(name: &str) -> Result<Name, Error> {
         return Err(invalid());
     }
     Name::from_ascii(name).map_err(|_| invalid())
-}
-
-/// Maps hickory's transport errors onto the reasons we document.
-pub fn map_net_error(error: NetError) -> Error {
-    match error {
-        NetError::Timeout => Error::Timeout,
-        NetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            Error::Io("connection refused".to_string())
-        }
-        NetError::Proto(proto) => Error::Io(format!("malformed answer: {proto}")),
-        other => Error::Io(other.to_string()),
-    }
 }
 
 /// Builds the records of an answer: every SRV record is kept (CoreDNS sends one per port), with
@@ -801,6 +669,8 @@ mod tests {
     fn the_deadline_is_timeout_times_attempts_plus_a_margin() {
         let options = Options {
             nameservers: vec![],
+            search: vec![],
+            ndots: 1,
             timeout: Duration::from_millis(300),
             attempts: 3,
         };
@@ -962,30 +832,6 @@ mod tests {
             Error::ServFail
         );
         assert_eq!(worse(None, Error::NxDomain), Error::NxDomain);
-    }
-
-    #[test]
-    fn transport_errors_map_to_reasons() {
-        assert_eq!(map_net_error(NetError::Timeout), Error::Timeout);
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(
-            map_net_error(NetError::from(refused)),
-            Error::Io("connection refused".into())
-        );
-        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        assert_eq!(map_net_error(NetError::from(timed_out)), Error::Timeout);
-    }
-
-    #[test]
-    fn an_answer_to_another_question_is_refused() {
-        let ours = Query::query(name("a.example."), RecordType::SRV);
-        let mut message = answer(ResponseCode::NoError, vec![]);
-        message.queries = vec![Query::query(name("b.example."), RecordType::SRV)];
-        assert!(answer_to(message.clone(), &ours).is_err());
-        message.queries = vec![ours.clone()];
-        assert!(answer_to(message.clone(), &ours).is_ok());
-        message.queries = vec![];
-        assert!(answer_to(message, &ours).is_err());
     }
 
     #[test]

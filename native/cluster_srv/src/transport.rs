@@ -1,0 +1,309 @@
+//! Carrying one DNS message to one server and its answer back, over UDP or TCP.
+//!
+//! Nothing here outlives the exchange that opened it: every UDP exchange binds its own socket
+//! (a random source port, chosen by the kernel), and every TCP exchange opens its own
+//! connection and closes it with the answer. So a server that restarts, closes, resets or
+//! idles out a connection can fail only the exchange it was part of, never a later one.
+//!
+//! What an answer means (its response code, its records, the search list) is not this
+//! module's business: see `resolver`.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// The EDNS UDP payload size we advertise, as the DNS flag day recommends.
+pub const EDNS_PAYLOAD: u16 = 1232;
+
+/// The largest DNS message there is: a UDP datagram is read whole whatever size was advertised,
+/// since some servers send more than that without setting TC.
+const MAX_MESSAGE: usize = 65_535;
+
+/// Within one try, the query is sent again this long after the previous send...
+pub const RESEND_AFTER: Duration = Duration::from_millis(333);
+
+/// ...at most this many times in all (at 0, 333 and 666 ms), while the try lasts.
+pub const MAX_SENDS: u32 = 3;
+
+/// One query, encoded once and sent as often as needed.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: u16,
+    pub query: Query,
+    pub bytes: Vec<u8>,
+}
+
+impl Request {
+    /// A recursive query for `query` under a random ID, with or without an EDNS OPT record.
+    pub fn new(query: Query, edns: bool) -> Result<Request, Error> {
+        let mut message = Message::query();
+        message.metadata.recursion_desired = true;
+        message.queries.push(query.clone());
+        if edns {
+            let mut opt = Edns::new();
+            opt.set_max_payload(EDNS_PAYLOAD);
+            message.edns = Some(opt);
+        }
+        let bytes = message
+            .to_vec()
+            .map_err(|error| Error::Io(format!("cannot encode the query: {error}")))?;
+        Ok(Request {
+            id: message.metadata.id,
+            query,
+            bytes,
+        })
+    }
+}
+
+/// What a UDP exchange brought back.
+#[derive(Debug)]
+pub enum UdpReply {
+    Answer(Message),
+    /// The server set TC: the answer must be asked for again over TCP.
+    Truncated,
+}
+
+/// Sends `request` to `server` over UDP until an answer to it arrives or `deadline` passes.
+///
+/// A datagram counts as the answer only if it comes from `server` (the socket is connected, so
+/// the kernel drops any other), carries the query's ID, and answers the query's question; any
+/// other is ignored, so a spoofed or stray one ends as a timeout if no real answer comes. A
+/// datagram that passes the ID check but cannot be decoded is a malformed answer.
+pub async fn udp(
+    server: SocketAddr,
+    request: &Request,
+    deadline: Instant,
+) -> Result<UdpReply, Error> {
+    let socket = UdpSocket::bind(unspecified(server.ip()))
+        .await
+        .map_err(|error| io_error("cannot open a UDP socket", error))?;
+    socket
+        .connect(server)
+        .await
+        .map_err(|error| io_error("cannot address the server", error))?;
+
+    let mut buffer: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
+    let mut sends = 0;
+    let mut next_send = Instant::now();
+    loop {
+        if sends < MAX_SENDS && Instant::now() >= next_send {
+            socket
+                .send(&request.bytes)
+                .await
+                .map_err(|error| io_error("cannot send the query", error))?;
+            sends += 1;
+            next_send += RESEND_AFTER;
+        }
+        let wake = if sends < MAX_SENDS {
+            next_send.min(deadline)
+        } else {
+            deadline
+        };
+        buffer.clear();
+        tokio::select! {
+            received = socket.recv_buf(&mut buffer) => {
+                received.map_err(|error| io_error("no answer", error))?;
+                if let Some(message) = matching(&buffer, request)? {
+                    return Ok(if message.metadata.truncation {
+                        UdpReply::Truncated
+                    } else {
+                        UdpReply::Answer(message)
+                    });
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `request` to `server` over a TCP connection of its own and reads the answer, all
+/// before `deadline`. The connection is closed when this returns.
+pub async fn tcp(
+    server: SocketAddr,
+    request: &Request,
+    deadline: Instant,
+) -> Result<Message, Error> {
+    match tokio::time::timeout_at(deadline, tcp_exchange(server, request)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+async fn tcp_exchange(server: SocketAddr, request: &Request) -> Result<Message, Error> {
+    let mut stream = TcpStream::connect(server)
+        .await
+        .map_err(|error| io_error("cannot connect over TCP", error))?;
+    // A query is one small write: waiting to coalesce it would only add latency.
+    stream.set_nodelay(true).ok();
+
+    let length = u16::try_from(request.bytes.len())
+        .map_err(|_| Error::Io("the query is too long for TCP".to_string()))?;
+    let mut framed = Vec::with_capacity(2 + request.bytes.len());
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(&request.bytes);
+    stream
+        .write_all(&framed)
+        .await
+        .map_err(|error| io_error("cannot send the query over TCP", error))?;
+
+    // A server may send other messages first (answers to nothing we asked): skip them.
+    loop {
+        let mut prefix = [0u8; 2];
+        read_full(&mut stream, &mut prefix, "before answering").await?;
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+        read_full(&mut stream, &mut message, "in the middle of its answer").await?;
+        if let Some(message) = matching(&message, request)? {
+            return Ok(message);
+        }
+    }
+}
+
+/// Fills `buffer` from the stream, or says how far the server got before it closed.
+async fn read_full(stream: &mut TcpStream, buffer: &mut [u8], when: &str) -> Result<(), Error> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match stream.read(&mut buffer[filled..]).await {
+            Ok(0) => {
+                return Err(Error::Io(format!(
+                    "the server closed the TCP connection {when} ({filled} of {} bytes)",
+                    buffer.len()
+                )))
+            }
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(io_error("the TCP connection failed", error)),
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `bytes` if they are the answer to `request`: `Ok(None)` for a message that is not
+/// (another ID, another question), an error for one with our ID that cannot be decoded.
+pub fn matching(bytes: &[u8], request: &Request) -> Result<Option<Message>, Error> {
+    match bytes.first_chunk::<2>() {
+        Some(id) if u16::from_be_bytes(*id) == request.id => {}
+        _ => return Ok(None),
+    }
+    let message = Message::from_vec(bytes)
+        .map_err(|error| Error::Io(format!("malformed answer: {error}")))?;
+    let ours = message.queries.len() == 1 && message.queries[0] == request.query;
+    // A server that does not understand EDNS may refuse the query without echoing it.
+    let unparsed_refusal = message.queries.is_empty()
+        && matches!(
+            message.metadata.response_code,
+            ResponseCode::FormErr | ResponseCode::NotImp
+        );
+    Ok((ours || unparsed_refusal).then_some(message))
+}
+
+fn unspecified(server: IpAddr) -> SocketAddr {
+    match server {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+/// An I/O failure as a reason: a refused or reset connection in plain words, a timeout as one.
+fn io_error(context: &str, error: std::io::Error) -> Error {
+    match error.kind() {
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => Error::Timeout,
+        ErrorKind::ConnectionRefused => Error::Io("connection refused".to_string()),
+        ErrorKind::ConnectionReset => Error::Io("connection reset by the server".to_string()),
+        _ => Error::Io(format!("{context}: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::op::OpCode;
+    use hickory_resolver::proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+
+    fn request() -> Request {
+        let name = Name::from_str("svc.ns.svc.cluster.local.").expect("a valid name");
+        Request::new(Query::query(name, RecordType::SRV), true).expect("encodes")
+    }
+
+    fn reply(request: &Request, code: ResponseCode, queries: Vec<Query>) -> Vec<u8> {
+        let mut message = Message::response(request.id, OpCode::Query);
+        message.metadata.response_code = code;
+        message.queries = queries;
+        message.to_vec().expect("encodes")
+    }
+
+    #[test]
+    fn a_query_carries_edns_only_when_asked() {
+        let with = Message::from_vec(&request().bytes).expect("decodes");
+        assert_eq!(with.edns.map(|edns| edns.max_payload()), Some(EDNS_PAYLOAD));
+        let query = request().query;
+        let without = Message::from_vec(&Request::new(query, false).expect("encodes").bytes)
+            .expect("decodes");
+        assert!(without.edns.is_none());
+        assert!(without.metadata.recursion_desired);
+    }
+
+    #[test]
+    fn only_the_answer_to_our_id_and_question_matches() {
+        let ours = request();
+        let answer = reply(&ours, ResponseCode::NoError, vec![ours.query.clone()]);
+        assert!(matches!(matching(&answer, &ours), Ok(Some(_))));
+
+        let mut other_id = answer.clone();
+        other_id[0] ^= 0xff;
+        assert!(matches!(matching(&other_id, &ours), Ok(None)));
+
+        let other = Query::query(Name::from_str("other.").expect("valid"), RecordType::SRV);
+        let other_question = reply(&ours, ResponseCode::NoError, vec![other]);
+        assert!(matches!(matching(&other_question, &ours), Ok(None)));
+
+        assert!(matches!(matching(&[], &ours), Ok(None)));
+        assert!(matches!(matching(&answer[..1], &ours), Ok(None)));
+    }
+
+    #[test]
+    fn our_id_on_bytes_that_do_not_decode_is_a_malformed_answer() {
+        let ours = request();
+        let mut garbage = reply(&ours, ResponseCode::NoError, vec![ours.query.clone()]);
+        garbage.truncate(14);
+        match matching(&garbage, &ours) {
+            Err(Error::Io(message)) => {
+                assert!(message.starts_with("malformed answer"), "{message}")
+            }
+            other => panic!("expected a malformed answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_edns_matches_even_without_the_question() {
+        let ours = request();
+        for code in [ResponseCode::FormErr, ResponseCode::NotImp] {
+            let bare = reply(&ours, code, vec![]);
+            assert!(matches!(matching(&bare, &ours), Ok(Some(_))), "{code:?}");
+        }
+        let bare_answer = reply(&ours, ResponseCode::NoError, vec![]);
+        assert!(matches!(matching(&bare_answer, &ours), Ok(None)));
+    }
+
+    #[test]
+    fn socket_errors_become_reasons() {
+        let refused = std::io::Error::from(ErrorKind::ConnectionRefused);
+        assert_eq!(
+            io_error("x", refused),
+            Error::Io("connection refused".to_string())
+        );
+        let timed_out = std::io::Error::from(ErrorKind::TimedOut);
+        assert_eq!(io_error("x", timed_out), Error::Timeout);
+    }
+}
