@@ -32,14 +32,15 @@ defmodule ClusterSRV.Strategy do
     * **A failed lookup changes nothing.** A timeout, SERVFAIL (which CoreDNS answers until it
       has synced), REFUSED, NXDOMAIN, an empty answer, or an answer with no valid name
       disconnects no one. A node is disconnected only when a successful answer with at least
-      one valid name no longer lists it. Failures are logged when they start and when they end.
-        * **Connects run concurrently**, up to 32 at a time, in processes linked to the strategy.
-      A dead pod still listed in DNS costs one `net_setuptime` (7 s) for that node only; the
-      others connect at once. Retries of nodes that failed take at most 16 of the slots, so a
-      new pod never waits behind dead ones. A connect or disconnect that has not returned after
-      `connect_timeout` is stopped and counted as a failure. Disconnects go first, and a queued
-      job that a newer answer made pointless is dropped. The strategy process itself stays free
-      meanwhile (`:sys.get_state/1` answers).
+      one valid name no longer lists it. A failure is logged when it starts, again when its
+      kind changes, and once when it ends.
+    * **Connects run concurrently**, in processes linked to the strategy. Every node not tried
+      yet is connected at once, however many are listed: a dead pod still listed in DNS costs
+      one `net_setuptime` (7 s) for that node only, and a new pod never waits behind dead ones.
+      Retries of nodes whose connect failed run at most 16 at a time. A connect or disconnect
+      that has not returned after `connect_timeout` is stopped and counted as a failure. A
+      queued retry that a newer answer made pointless is dropped. The strategy process itself
+      stays free meanwhile (`:sys.get_state/1` answers).
     * **No atom is made from unvalidated DNS data.** A target must be a valid host name under
       the service's domain; at most `max_nodes` names are taken from one answer.
     * **Config is validated at start**: a missing or bad key fails the start with an
@@ -59,7 +60,7 @@ defmodule ClusterSRV.Strategy do
   | `cluster_domain` | `$CLUSTER_DOMAIN` or `"cluster.local."` | the cluster's DNS domain |
   | `port_name`, `protocol` | none, `"tcp"` | query `_<port_name>._<protocol>.<service>...` |
   | `query` | none | a full SRV name; replaces `service` and `namespace`\\* |
-  | `nameservers` | resolv.conf | servers to ask, see `ClusterSRV.Resolver` |
+  | `nameservers` | the VM's resolver settings | servers to ask, see `ClusterSRV.Resolver.new/1` |
   | `timeout`, `attempts` | `2_000`, `2` | per try in ms, total tries |
   | `node_naming` | `:hostname` | `:hostname` (`app@target`) or `:ip` (`app@<pod IP>`) |
   | `max_nodes` | `1_000` | the most node names taken from one answer |
@@ -114,9 +115,9 @@ defmodule ClusterSRV.Strategy do
 
   alias ClusterSRV.{Config, Record, Resolver}
 
-  @max_jobs 32
-  # Connects retried to nodes that failed before use at most this many slots, so that nodes
-  # never tried (a new pod) always find room, however many dead pods DNS lists.
+  # Connects retried to nodes whose last connect failed run at most this many at a time, so
+  # that many dead pods listed in DNS are retried steadily without a burst every poll. Every
+  # other job starts at once: a new pod never waits behind dead ones.
   @max_retry_jobs 16
 
   # Added to the resolver's own deadline before a lookup is given up as lost.
@@ -135,7 +136,6 @@ defmodule ClusterSRV.Strategy do
     listed: MapSet.new(),
     jobs: %{},
     busy: %{},
-    queue: :queue.new(),
     retries: :queue.new(),
     failure: nil,
     failures: 0,
@@ -442,7 +442,12 @@ defmodule ClusterSRV.Strategy do
   defp run_resolver_fun(fun, config) do
     case fun.(String.to_charlist(config.query)) do
       {:ok, {:hostent, _name, _aliases, :srv, _count, entries}} when is_list(entries) ->
-        records = Enum.flat_map(entries, &srv_entry_to_record/1)
+        # Sorted as the native resolver sorts, so that every pod takes the same max_nodes
+        # names from an answer whose order rotates.
+        records =
+          entries
+          |> Enum.flat_map(&srv_entry_to_record/1)
+          |> Enum.sort_by(&{&1.priority, &1.target, &1.port, &1.weight})
 
         cond do
           records == [] -> {:error, :no_records}
@@ -525,7 +530,7 @@ defmodule ClusterSRV.Strategy do
       nodes
       |> Enum.reject(&(&1 == me or MapSet.member?(connected, &1) or Map.has_key?(state.busy, &1)))
 
-    # A removed node whose disconnect is still queued or running stays known until it ends: if
+    # A removed node whose disconnect is still running stays known until it ends: if
     # it fails, libcluster keeps the node for the next poll to try again.
     disconnecting =
       for node <- removed,
@@ -548,65 +553,48 @@ defmodule ClusterSRV.Strategy do
         "disconnecting #{length(to_disconnect)}"
     end)
 
-    # Disconnects go first; connects to nodes never tried come next; retries of nodes that
-    # failed wait in a queue of their own, with slots of their own.
+    # Disconnects and connects to nodes never tried (or that last succeeded) start at once,
+    # however many: none of them can wait behind a dead pod. Connects to nodes whose last
+    # connect failed wait in a queue, at most @max_retry_jobs running at a time.
     {retry, fresh} = Enum.split_with(to_connect, &MapSet.member?(state.unreachable, &1))
-    queue = Enum.reduce(to_disconnect, state.queue, &:queue.in_r({:disconnect, &1}, &2))
-    queue = Enum.reduce(fresh, queue, &:queue.in({:connect, &1}, &2))
-    retries = Enum.reduce(retry, state.retries, &:queue.in({:connect, &1}, &2))
 
-    busy =
-      state.busy
-      |> Map.merge(Map.new(to_disconnect, &{&1, {:disconnect, :queued}}))
-      |> Map.merge(Map.new(to_connect, &{&1, {:connect, :queued}}))
-
-    %{
+    state = %{
       state
       | meta: meta,
         listed: listed,
         unreachable: MapSet.intersection(state.unreachable, listed),
-        queue: queue,
-        retries: retries,
-        busy: busy
+        retries: Enum.reduce(retry, state.retries, &:queue.in(&1, &2)),
+        busy: Map.merge(state.busy, Map.new(retry, &{&1, {:connect, :queued}}))
     }
+
+    state = Enum.reduce(to_disconnect, state, &start_job(&2, :disconnect, &1, false))
+
+    fresh
+    |> Enum.reduce(state, &start_job(&2, :connect, &1, false))
     |> dispatch()
   end
 
-  # Starts queued jobs while fewer than @max_jobs run, retries only while fewer than
-  # @max_retry_jobs of them run. A job queued before the latest answer may no longer be
-  # wanted: a connect to a node DNS dropped, a disconnect of a node DNS lists again; it is
-  # skipped.
+  # Starts queued retries while fewer than @max_retry_jobs of them run. A retry queued before
+  # the latest answer may no longer be wanted (DNS dropped its node): it is skipped.
   defp dispatch(state) do
     running_retries = Enum.count(state.jobs, fn {_, job} -> job.retry? end)
 
-    next =
-      cond do
-        map_size(state.jobs) >= @max_jobs -> nil
-        not :queue.is_empty(state.queue) -> {:queue, :queue.out(state.queue)}
-        running_retries < @max_retry_jobs -> {:retries, :queue.out(state.retries)}
-        true -> nil
-      end
+    case running_retries < @max_retry_jobs and :queue.out(state.retries) do
+      {{:value, node}, rest} ->
+        state = %{state | retries: rest}
 
-    case next do
-      {_, {:empty, _}} ->
-        state
-
-      nil ->
-        state
-
-      {from, {{:value, {kind, node}}, rest}} ->
-        state = Map.put(state, from, rest)
-
-        if wanted?(state, kind, node) do
-          state |> start_job(kind, node, from == :retries) |> dispatch()
+        if wanted?(state, :connect, node) do
+          state |> start_job(:connect, node, true) |> dispatch()
         else
           dispatch(%{state | busy: Map.delete(state.busy, node)})
         end
+
+      _none ->
+        state
     end
   end
 
   defp wanted?(state, :connect, node), do: MapSet.member?(state.listed, node)
-  defp wanted?(state, :disconnect, node), do: not MapSet.member?(state.listed, node)
 
   # Each job runs in its own linked process and reports through its exit reason, so a job that
   # raises is reported the same way, and a job that never returns is killed at its deadline.
@@ -735,25 +723,29 @@ defmodule ClusterSRV.Strategy do
 
   # -- Failures and rejections, each logged once ---------------------------------------------
 
-  defp lookup_failed(%{failure: nil} = state, reason) do
-    warn(
-      state,
-      "lookup of #{state.config.query} failed: #{describe_failure(reason)}; " <>
-        "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"
-    )
-
-    %{state | failure: reason, failures: 1}
-  end
-
-  # A failure is warned about once, when it starts; while it lasts, the polls that fail again
-  # (with the same reason or another) are logged at debug level only.
+  # A failure is warned about when it starts, and again whenever its kind changes (SERVFAIL,
+  # then a timeout, then an io error are three warnings); the polls that fail again the same
+  # way are logged at debug level only.
   defp lookup_failed(state, reason) do
-    debug(state, fn ->
-      "lookup of #{state.config.query} still failing: #{describe_failure(reason)}"
-    end)
+    if state.failure == nil or failure_kind(state.failure) != failure_kind(reason) do
+      warn(
+        state,
+        "lookup of #{state.config.query} failed: #{describe_failure(reason)}; " <>
+          "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"
+      )
+    else
+      debug(state, fn ->
+        "lookup of #{state.config.query} still failing: #{describe_failure(reason)}"
+      end)
+    end
 
     %{state | failure: reason, failures: state.failures + 1}
   end
+
+  # The kind of a failure: its reason without the details, so that a decoding error whose text
+  # changes from poll to poll is one failure.
+  defp failure_kind(reason) when is_tuple(reason) and tuple_size(reason) > 0, do: elem(reason, 0)
+  defp failure_kind(reason), do: reason
 
   defp lookup_recovered(%{failure: nil} = state), do: state
 
@@ -774,29 +766,29 @@ defmodule ClusterSRV.Strategy do
   def describe_failure(:servfail), do: "the server answered SERVFAIL"
   def describe_failure(:refused), do: "the server refused the query"
   def describe_failure(:no_valid_names), do: "the answer held no valid node name"
+  def describe_failure({:io, message}) when is_binary(message), do: message
+  def describe_failure({:invalid_name, name}), do: "not a valid DNS name: #{inspect(name)}"
   def describe_failure(other), do: inspect(other)
 
-  defp log_rejections(state, []), do: state
-
+  # Each kind of rejected target is warned about when it appears in an answer, and not again
+  # while the answers that follow still have it; one that goes away and comes back is new.
   defp log_rejections(state, rejected) do
-    rejected
-    |> Enum.group_by(fn {_target, reason} -> reason end, fn {target, _} -> target end)
-    |> Enum.reduce(state, fn {reason, targets}, state ->
-      if MapSet.member?(state.logged_rejections, reason) do
-        state
-      else
-        examples = targets |> Enum.take(3) |> Enum.map_join(", ", &inspect/1)
+    by_reason =
+      Enum.group_by(rejected, fn {_target, reason} -> reason end, fn {target, _} -> target end)
 
-        warn(
-          state,
-          "ignoring #{length(targets)} SRV target(s) of #{state.config.query}: " <>
-            "#{describe_rejection(reason, state.config)} (for example #{examples}); " <>
-            "this is logged once per reason"
-        )
+    for {reason, targets} <- by_reason,
+        not MapSet.member?(state.logged_rejections, reason) do
+      examples = targets |> Enum.take(3) |> Enum.map_join(", ", &inspect/1)
 
-        %{state | logged_rejections: MapSet.put(state.logged_rejections, reason)}
-      end
-    end)
+      warn(
+        state,
+        "ignoring #{length(targets)} SRV target(s) of #{state.config.query}: " <>
+          "#{describe_rejection(reason, state.config)} (for example #{examples}); " <>
+          "this is logged again only if it stops and starts again"
+      )
+    end
+
+    %{state | logged_rejections: by_reason |> Map.keys() |> MapSet.new()}
   end
 
   @doc false

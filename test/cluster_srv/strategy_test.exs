@@ -315,15 +315,37 @@ defmodule ClusterSRV.StrategyTest do
       end)
     end
 
-    test "a queued connect to a node a newer answer dropped is not made" do
-      # 40 slow connects: 32 start, 8 wait. The next answer drops the 8 before a slot frees.
-      targets = for i <- 0..39, do: target(i)
-      {dns, resolver} = fake_dns(hostent(targets))
-      {_pid, _probe} = start(config(resolver), delay: 5 * @interval)
+    test "connects to nodes never tried all start at once, however many are listed" do
+      # 100 slow connects: none waits for another to end.
+      targets = for i <- 0..99, do: target(i)
+      {_dns, resolver} = fake_dns(hostent(targets))
+      {_pid, _probe} = start(config(resolver), delay: 50 * @interval)
 
-      for _ <- 1..32, do: assert_receive({:probe, :connect, _, _}, 1_000)
-      Agent.update(dns, fn _ -> hostent(Enum.take(targets, 32)) end)
-      refute_receive {:probe, :connect, _, _}, 8 * @interval
+      for _ <- 1..100, do: assert_receive({:probe, :connect, _, _}, 2 * @interval)
+    end
+
+    test "a queued retry to a node a newer answer dropped is not made" do
+      # 40 nodes fail once; their retries hang: 16 run, 24 wait. The next answer drops the 24.
+      targets = for i <- 0..39, do: target(i)
+      results = Map.new(0..39, &{node_name(&1), false})
+      {dns, resolver} = fake_dns(hostent(targets))
+
+      capture_log(fn ->
+        {_pid, probe} = start(config(resolver), results: results)
+        for _ <- 1..40, do: assert_receive({:probe, :connect, _, _}, 1_000)
+        Probe.put_delay(probe, 50 * @interval)
+
+        retried =
+          for _ <- 1..16 do
+            assert_receive {:probe, :connect, node, _}, 1_000
+            node
+          end
+
+        refute_receive {:probe, :connect, _, _}, 2 * @interval
+        kept = for i <- 0..39, node_name(i) in retried, do: target(i)
+        Agent.update(dns, fn _ -> hostent(kept) end)
+        refute_receive {:probe, :connect, _, _}, 8 * @interval
+      end)
     end
 
     test "retries of failed nodes leave room: a new node connects at once behind 40 dead ones" do
@@ -452,6 +474,42 @@ defmodule ClusterSRV.StrategyTest do
       end
     end
 
+    test "a failure warns again when its kind changes, and once while it lasts" do
+      {dns, resolver} = fake_dns(hostent([target(0)]))
+
+      log =
+        capture_log(fn ->
+          {_pid, _probe} = start(config(resolver))
+          assert_receive {:probe, :connect, _, _}, 1_000
+
+          for failure <- [
+                {:error, :servfail},
+                {:error, :timeout},
+                {:error, {:io, "connection refused"}},
+                {:error, {:io, "connection reset by the server"}}
+              ] do
+            Agent.update(dns, fn _ -> failure end)
+            drain(:lookup)
+            for _ <- 1..3, do: assert_receive({:lookup, _, _}, 1_000)
+          end
+
+          Agent.update(dns, fn _ -> hostent([target(0)]) end)
+          drain(:lookup)
+          for _ <- 1..2, do: assert_receive({:lookup, _, _}, 1_000)
+        end)
+
+      warnings = Regex.scan(~r/lookup of \S+ failed: ([^;]+);/, log, capture: :all_but_first)
+
+      # Two io errors with different texts are one kind: three warnings, not four.
+      assert warnings == [
+               ["the server answered SERVFAIL"],
+               ["no answer in time"],
+               ["connection refused"]
+             ]
+
+      assert length(Regex.scan(~r/succeeded again after \d+ failed polls/, log)) == 1
+    end
+
     test "recovery after a failure is logged once, and changes resume" do
       {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
 
@@ -517,6 +575,24 @@ defmodule ClusterSRV.StrategyTest do
 
       assert length(Regex.scan(~r/not a valid host name/, log)) == 1
       assert length(Regex.scan(~r/not under the service's domain/, log)) == 1
+    end
+
+    test "a kind of rejected target that goes away and comes back is logged again" do
+      {dns, resolver} = fake_dns(hostent([target(0), "a_b.#{@domain}"]))
+
+      log =
+        capture_log(fn ->
+          {_pid, _probe} = start(config(resolver))
+
+          for answer <- [[target(0)], [target(0), "c_d.#{@domain}"]] do
+            for _ <- 1..2, do: assert_receive({:lookup, _, _}, 1_000)
+            Agent.update(dns, fn _ -> hostent(answer) end)
+          end
+
+          for _ <- 1..2, do: assert_receive({:lookup, _, _}, 1_000)
+        end)
+
+      assert length(Regex.scan(~r/not a valid host name/, log)) == 2
     end
 
     test "at most max_nodes names are taken from one answer" do
@@ -768,13 +844,30 @@ defmodule ClusterSRV.StrategyTest do
     end
   end
 
+  describe "the resolver function" do
+    test "its records are sorted, so every pod takes the same max_nodes from a rotating answer" do
+      targets = for i <- 0..9, do: target(i)
+      rotations = for k <- 0..9, do: Enum.drop(targets, k) ++ Enum.take(targets, k)
+
+      picks =
+        for rotation <- rotations do
+          {_dns, resolver} = fake_dns(hostent(rotation))
+          {:ok, %{nodes: nodes}} = Strategy.discover(config(resolver, max_nodes: 3))
+          nodes
+        end
+
+      assert Enum.uniq(picks) == [[node_name(0), node_name(1), node_name(2)]]
+    end
+  end
+
   describe "discover/1" do
     test "runs the loop's lookup and naming once, without connecting" do
       {_dns, resolver} = fake_dns(hostent([target(1), "bad_target.#{@domain}", target(0)]))
 
       assert {:ok, result} = Strategy.discover(config(resolver))
       assert result.query == "myapp-headless.default.svc.cluster.local."
-      assert result.nodes == [node_name(1), node_name(0)]
+      # Sorted as the native resolver sorts records: by priority, then target.
+      assert result.nodes == [node_name(0), node_name(1)]
       assert result.rejected == [{"bad_target.#{@domain}", :invalid_hostname}]
       assert length(result.records) == 3
       refute_received {:probe, _, _, _}
