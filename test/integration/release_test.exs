@@ -37,6 +37,16 @@ defmodule ClusterSRV.Integration.ReleaseTest do
     System.cmd("mix", args, cd: dir, env: env, stderr_to_stdout: true)
   end
 
+  # A copy of the shared cargo cache, for a build of another checkout of the crate: cdylib
+  # outputs carry no hash, so two sources of one crate in one target dir overwrite each other's
+  # library while cargo still finds each of them fresh.
+  defp private_cargo_target! do
+    dir = Watchdog.tmp_dir("cluster_srv_cargo")
+    File.rm_rf!(dir)
+    {_, 0} = System.cmd("cp", ["-a", @cargo_target, dir])
+    dir
+  end
+
   defp mix!(args, dir, env) do
     case mix(args, dir, env) do
       {output, 0} -> output
@@ -112,12 +122,16 @@ defmodule ClusterSRV.Integration.ReleaseTest do
       dir =
         consumer_app!(~s({:libcluster_srv, git: #{inspect("file://" <> @root)}, branch: "main"}))
 
+      target = private_cargo_target!()
+      env = [{"MIX_ENV", "prod"}, {"CARGO_TARGET_DIR", target}]
+
       try do
         mix!(["deps.get"], dir, [])
-        mix!(["compile"], dir, [{"MIX_ENV", "prod"}])
-        run_lookup!(dir, [{"MIX_ENV", "prod"}], dns)
+        mix!(["compile"], dir, env)
+        run_lookup!(dir, env, dns)
       after
         File.rm_rf(dir)
+        File.rm_rf(target)
       end
     end
   end

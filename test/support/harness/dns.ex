@@ -63,6 +63,15 @@ defmodule ClusterSRV.Harness.DNS do
   def resume(%__MODULE__{pid: pid}), do: GenServer.call(pid, :resume, 30_000)
 
   @doc """
+  Freezes the server with SIGSTOP, as a node under memory pressure or a debugger stalls it: it
+  keeps its sockets and connections open and answers nothing until `thaw/1`.
+  """
+  def freeze(%__MODULE__{pid: pid}), do: GenServer.call(pid, {:signal, "STOP"})
+
+  @doc "Lets a frozen server run again (SIGCONT)."
+  def thaw(%__MODULE__{pid: pid}), do: GenServer.call(pid, {:signal, "CONT"})
+
+  @doc """
   Replaces everything DNS holds for the service with its current pods and ports, in one dynamic
   update, as the endpoints controller and CoreDNS would present it.
   """
@@ -95,6 +104,7 @@ defmodule ClusterSRV.Harness.DNS do
   def handle_call(:info, _from, state), do: {:reply, info(state), state}
 
   def handle_call(:pause, _from, state) do
+    signal(state, "CONT")
     Watchdog.close(state.os_port)
     {:reply, :ok, %{state | os_port: nil}}
   end
@@ -104,6 +114,11 @@ defmodule ClusterSRV.Harness.DNS do
       {:ok, state} -> {:reply, :ok, state}
       {:error, log} -> {:stop, {:named_failed, log}, {:error, log}, state}
     end
+  end
+
+  def handle_call({:signal, name}, _from, state) do
+    :ok = signal(state, name)
+    {:reply, :ok, state}
   end
 
   def handle_call({:put_service, service}, _from, state) do
@@ -133,12 +148,26 @@ defmodule ClusterSRV.Harness.DNS do
 
   @impl true
   def terminate(_reason, state) do
-    if state.os_port, do: Watchdog.close(state.os_port)
+    # A frozen named would take its TERM only once continued.
+    if state.os_port do
+      signal(state, "CONT")
+      Watchdog.close(state.os_port)
+    end
+
     File.rm_rf(state.dir)
     :ok
   end
 
   defp info(state), do: %__MODULE__{pid: self(), port: state.port, dir: state.dir}
+
+  defp signal(state, name) do
+    with {:ok, pid} <- File.read(Path.join(state.dir, "named.pid")),
+         {_, 0} <- System.cmd("kill", ["-#{name}", String.trim(pid)], stderr_to_stdout: true) do
+      :ok
+    else
+      _ -> :error
+    end
+  end
 
   defp start_on_free_port(_state, 0), do: raise("BIND could not start on any free port")
 

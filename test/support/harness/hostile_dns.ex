@@ -26,6 +26,24 @@ defmodule ClusterSRV.Harness.HostileDNS do
       is answered (127.0.0.7), `hang-0.fill.hostile.test`, whose A query never is, and 20
       invalid and 3 outside targets (the answer stays under the 1,232 bytes a client asks for). Every A query is counted (`a_queries/1`).
 
+  Cases that play odd but real servers, each answering with the three valid pods of `ok` in
+  the end:
+
+    * `bigudp` - 200 pods in one UDP answer of about 5 KB, without TC, whatever size the query
+      advertised.
+    * `formerr`, `notimp` - FORMERR (without the question, as some old servers send it) or
+      NOTIMP to a query with EDNS; the answer to one without.
+    * `servfail` - SERVFAIL.
+    * `tcpclose` - TC over UDP; over TCP, the answer, then the connection is closed at once.
+    * `tcpidle` - TC over UDP; over TCP, the answer, and the connection is closed once it has
+      been idle for 1 s, as BIND and CoreDNS close idle connections.
+    * `tcpreset` - TC over UDP; over TCP, the connection is reset instead of answered.
+    * `tcpdelay` - TC over UDP; over TCP, the answer 200 ms late.
+    * `tcpsilent` - TC over UDP; over TCP, the connection is accepted and never answered.
+
+  The name `switch.hostile.test.` answers as whatever case `switch/2` last set (`ok` at start),
+  so a test can run one long-lived resolver or strategy through a fault and back.
+
   `message/2` builds the bytes of a case's answer, so the fuzzing corpus is made of the same
   cases.
   """
@@ -53,6 +71,12 @@ defmodule ClusterSRV.Harness.HostileDNS do
   @doc "The names asked for A records so far, lowercase, without the trailing dot."
   def a_queries(%__MODULE__{pid: pid}), do: GenServer.call(pid, :a_queries)
 
+  @doc "Makes `switch.hostile.test.` answer as `kase` from now on."
+  def switch(%__MODULE__{pid: pid}, kase), do: GenServer.call(pid, {:switch, kase})
+
+  @doc "How many TCP connections the server has accepted so far."
+  def tcp_connections(%__MODULE__{pid: pid}), do: GenServer.call(pid, :tcp_connections)
+
   @doc "The SRV name of a case, with the trailing dot."
   def name(kase), do: "#{kase}.#{@zone}."
 
@@ -75,8 +99,21 @@ defmodule ClusterSRV.Harness.HostileDNS do
     {:ok, port} = :inet.port(tcp)
     {:ok, udp} = :gen_udp.open(port, [:binary, ip: {127, 0, 0, 1}, active: true])
     server = self()
-    acceptor = spawn_link(fn -> accept_loop(tcp, server) end)
-    {:ok, %{tcp: tcp, udp: udp, port: port, acceptor: acceptor, a_queries: []}}
+    # The switch's case, read by the TCP handlers too.
+    switch = :ets.new(:hostile_switch, [:public, read_concurrency: true])
+    :ets.insert(switch, {:case, "ok"})
+    acceptor = spawn_link(fn -> accept_loop(tcp, server, switch) end)
+
+    {:ok,
+     %{
+       tcp: tcp,
+       udp: udp,
+       port: port,
+       acceptor: acceptor,
+       a_queries: [],
+       switch: switch,
+       tcp_connections: 0
+     }}
   end
 
   @impl true
@@ -84,6 +121,13 @@ defmodule ClusterSRV.Harness.HostileDNS do
     do: {:reply, %__MODULE__{pid: self(), port: state.port}, state}
 
   def handle_call(:a_queries, _from, state), do: {:reply, Enum.reverse(state.a_queries), state}
+
+  def handle_call({:switch, kase}, _from, state) do
+    :ets.insert(state.switch, {:case, kase})
+    {:reply, :ok, state}
+  end
+
+  def handle_call(:tcp_connections, _from, state), do: {:reply, state.tcp_connections, state}
 
   @impl true
   def handle_info({:udp, socket, ip, port, query}, state) do
@@ -94,8 +138,10 @@ defmodule ClusterSRV.Harness.HostileDNS do
       end
 
     # Replies that wait (slow) must not hold up the others.
+    switch = state.switch
+
     spawn(fn ->
-      case respond(query, :udp) do
+      case respond(query, :udp, switch) do
         {:reply, bytes} -> :gen_udp.send(socket, ip, port, bytes)
         {:later, ms, bytes} -> Process.sleep(ms) && :gen_udp.send(socket, ip, port, bytes)
         :none -> :ok
@@ -104,6 +150,9 @@ defmodule ClusterSRV.Harness.HostileDNS do
 
     {:noreply, state}
   end
+
+  def handle_info(:tcp_accepted, state),
+    do: {:noreply, %{state | tcp_connections: state.tcp_connections + 1}}
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -114,31 +163,32 @@ defmodule ClusterSRV.Harness.HostileDNS do
     :ok
   end
 
-  defp accept_loop(listen, server) do
+  defp accept_loop(listen, server, switch) do
     case :gen_tcp.accept(listen) do
       {:ok, socket} ->
-        pid = spawn(fn -> serve_tcp(socket) end)
+        send(server, :tcp_accepted)
+        pid = spawn(fn -> serve_tcp(socket, switch) end)
         :gen_tcp.controlling_process(socket, pid)
         send(pid, :go)
-        accept_loop(listen, server)
+        accept_loop(listen, server, switch)
 
       {:error, _} ->
         :ok
     end
   end
 
-  defp serve_tcp(socket) do
+  defp serve_tcp(socket, switch) do
     receive do: (:go -> :ok)
-    serve_tcp_queries(socket)
+    serve_tcp_queries(socket, switch, 30_000)
   end
 
-  defp serve_tcp_queries(socket) do
-    with {:ok, <<length::16>>} <- :gen_tcp.recv(socket, 2, 30_000),
+  defp serve_tcp_queries(socket, switch, idle) do
+    with {:ok, <<length::16>>} <- :gen_tcp.recv(socket, 2, idle),
          {:ok, query} <- :gen_tcp.recv(socket, length, 5_000) do
-      case respond(query, :tcp) do
+      case respond(query, :tcp, switch) do
         {:reply, bytes} ->
-          :gen_tcp.send(socket, <<byte_size(bytes)::16, bytes::binary>>)
-          serve_tcp_queries(socket)
+          send_framed(socket, bytes)
+          serve_tcp_queries(socket, switch, idle)
 
         {:tcp_short, bytes} ->
           # Promise the whole message, send a tenth of it, and hang up.
@@ -149,28 +199,80 @@ defmodule ClusterSRV.Harness.HostileDNS do
 
           :gen_tcp.close(socket)
 
+        {:tcp_close, bytes} ->
+          send_framed(socket, bytes)
+          :gen_tcp.close(socket)
+
+        {:tcp_idle, bytes} ->
+          send_framed(socket, bytes)
+          serve_tcp_queries(socket, switch, 1_000)
+
+        :tcp_reset ->
+          # A linger of 0 makes close send RST instead of FIN.
+          :inet.setopts(socket, linger: {true, 0})
+          :gen_tcp.close(socket)
+
         {:later, ms, bytes} ->
           Process.sleep(ms)
-          :gen_tcp.send(socket, <<byte_size(bytes)::16, bytes::binary>>)
-          serve_tcp_queries(socket)
+          send_framed(socket, bytes)
+          serve_tcp_queries(socket, switch, idle)
 
         :none ->
-          serve_tcp_queries(socket)
+          serve_tcp_queries(socket, switch, idle)
       end
     else
       _ -> :gen_tcp.close(socket)
     end
   end
 
+  defp send_framed(socket, bytes),
+    do: :gen_tcp.send(socket, <<byte_size(bytes)::16, bytes::binary>>)
+
   # -- Answers -----------------------------------------------------------------------------------
 
   @doc false
-  def respond(query, transport) do
+  def respond(query, transport, switch \\ nil) do
     case parse_query(query) do
-      {:ok, id, question, kase} -> answer(kase, id, question, transport)
-      :error -> :none
+      {:ok, id, question, "switch"} ->
+        [{:case, kase}] = :ets.lookup(switch, :case)
+        answer(kase, id, question, transport, edns?(query))
+
+      {:ok, id, question, kase} ->
+        answer(kase, id, question, transport, edns?(query))
+
+      :error ->
+        :none
     end
   end
+
+  # A query with a record in its additional section carries EDNS's OPT.
+  defp edns?(<<_::80, additional::16, _::binary>>), do: additional > 0
+
+  defp answer("formerr", id, _question, _transport, true),
+    do: {:reply, header(id, 0x8401, 0, 0, 0, 0)}
+
+  defp answer("notimp", id, question, _transport, true),
+    do: {:reply, header(id, 0x8404, 1, 0, 0, 0) <> question}
+
+  defp answer(kase, id, question, _transport, _edns) when kase in ["formerr", "notimp"],
+    do: {:reply, message("ok", id, question)}
+
+  defp answer("servfail", id, question, _transport, _edns),
+    do: {:reply, header(id, 0x8402, 1, 0, 0, 0) <> question}
+
+  defp answer("bigudp", id, question, _transport, _edns),
+    do: {:reply, srv_answer(id, question, for(i <- 0..199, do: {:under, ["pod-#{i}"]}))}
+
+  defp answer(kase, id, question, :udp, _edns)
+       when kase in ["tcpclose", "tcpidle", "tcpreset", "tcpdelay", "tcpsilent"],
+       do: {:reply, truncated(id, question)}
+
+  defp answer("tcpclose", id, question, :tcp, _), do: {:tcp_close, message("ok", id, question)}
+  defp answer("tcpidle", id, question, :tcp, _), do: {:tcp_idle, message("ok", id, question)}
+  defp answer("tcpreset", _id, _question, :tcp, _), do: :tcp_reset
+  defp answer("tcpdelay", id, question, :tcp, _), do: {:later, 200, message("ok", id, question)}
+  defp answer("tcpsilent", _id, _question, :tcp, _), do: :none
+  defp answer(kase, id, question, transport, _edns), do: answer(kase, id, question, transport)
 
   defp answer("silent", _id, _question, _transport), do: :none
 

@@ -49,7 +49,8 @@ defmodule ClusterSRV.Harness.LocalCluster do
     `:polling_interval` (default 1_000), `:subnet` (the first three octets of the pods'
   addresses; default a random one in 127.0.0.0/8), `:subscriber`, `:config` (extra strategy
   config), `:strategy` (the module each pod runs; default `ClusterSRV.Strategy`), `:standalone`
-  (each pod runs `{ClusterSRV, config}` instead, without libcluster).
+  (each pod runs `{ClusterSRV, config}` instead, without libcluster), `:nameservers` (`false`
+  leaves them out of the config, so the strategy asks the servers the pods' VMs use).
   """
   def start!(opts) do
     dns = Keyword.fetch!(opts, :dns)
@@ -67,14 +68,19 @@ defmodule ClusterSRV.Harness.LocalCluster do
         :deployment -> [{"http", "tcp", 4000}, {"discovery", "tcp", 4370}]
       end
 
+    # With `nameservers: false` the strategy gets libcluster's DNSSRV config as it is and must
+    # find the DNS the way the VM does: through the pods' ERL_INETRC.
+    nameservers =
+      if Keyword.get(opts, :nameservers, true), do: [nameservers: [DNS.nameserver(dns)]], else: []
+
     config =
       [
         service: name,
         namespace: namespace,
         application_name: app,
-        polling_interval: Keyword.get(opts, :polling_interval, 1_000),
-        nameservers: [DNS.nameserver(dns)]
+        polling_interval: Keyword.get(opts, :polling_interval, 1_000)
       ] ++
+        nameservers ++
         if(layout == :deployment, do: [port_name: "discovery"], else: []) ++
         Keyword.get(opts, :config, [])
 
@@ -131,9 +137,10 @@ defmodule ClusterSRV.Harness.LocalCluster do
 
   @doc """
   Starts `count` pods, lists them in DNS in one update, and waits until each runs its strategy.
-  Returns the cluster and the new pods.
+  Returns the cluster and the new pods. With `bare: true` the pods are bare nodes that run no
+  strategy (see `ClusterSRV.Harness.Pod`): live pods that only take connections.
   """
-  def add_pods(%__MODULE__{} = cluster, count) do
+  def add_pods(%__MODULE__{} = cluster, count, opts \\ []) do
     indexes = Enum.to_list(cluster.next..(cluster.next + count - 1)//1)
 
     pods =
@@ -154,7 +161,8 @@ defmodule ClusterSRV.Harness.LocalCluster do
            dist_port: cluster.dist_port,
            inetrc: cluster.inetrc,
            dir: cluster.dir,
-           subscriber: cluster.subscriber
+           subscriber: cluster.subscriber,
+           bare: Keyword.get(opts, :bare, false)
          )}
       end
 
@@ -189,20 +197,25 @@ defmodule ClusterSRV.Harness.LocalCluster do
   end
 
   @doc """
-  Lists `count` dead pods in DNS: addresses where a listener accepts connections and never
-  answers, so a connect hangs until `net_setuptime`. Their labels (`dead-N`) sort before the
-  live pods', so a strategy that connected one node at a time would reach the live pods last.
+  Lists `count` dead pods in DNS. By default (`kind: :silent`) each is an address where a
+  listener accepts connections and never answers, so a connect hangs until `net_setuptime`;
+  with `kind: :unheld` nothing listens there. Their labels (`dead-N`) sort before the live
+  pods', so a strategy that connected one node at a time would reach the live pods last.
   """
-  def add_dead(%__MODULE__{} = cluster, count) do
+  def add_dead(%__MODULE__{} = cluster, count, opts \\ []) do
+    kind = Keyword.get(opts, :kind, :silent)
+
     dead =
       for k <- 0..(count - 1)//1, into: %{} do
-        label = "dead-#{map_size(cluster.dead) + k}"
-        ip = put_elem(ip(cluster, 0), 3, 200 + map_size(cluster.dead) + k)
-        silent = Silent.start!(ip: ip, port: cluster.dist_port)
-        {label, {silent, ip}}
+        n = map_size(cluster.dead) + k
+        # Dead pods take the addresses .100 to .199, above the live pods'.
+        if n >= 100, do: raise(ArgumentError, "at most 100 dead pods per cluster")
+        ip = put_elem(ip(cluster, 0), 3, 100 + n)
+        silent = if kind == :silent, do: Silent.start!(ip: ip, port: cluster.dist_port)
+        {"dead-#{n}", {silent, ip}}
       end
 
-    register(cluster, for({_, {silent, _}} <- dead, do: silent))
+    register(cluster, for({_, {silent, _}} <- dead, silent, do: silent))
     cluster = %{cluster | dead: Map.merge(cluster.dead, dead)}
     publish(cluster)
     cluster
@@ -210,7 +223,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
 
   @doc "Removes the dead pods from DNS and stops their listeners."
   def clear_dead(%__MODULE__{} = cluster) do
-    Enum.each(cluster.dead, fn {_, {silent, _}} -> Silent.stop(silent) end)
+    Enum.each(cluster.dead, fn {_, {silent, _}} -> if silent, do: Silent.stop(silent) end)
     cluster = %{cluster | dead: %{}}
     publish(cluster)
     cluster

@@ -27,7 +27,9 @@ defmodule ClusterSRV.Harness.Pod do
     * `:standalone` - run `{ClusterSRV, config}` instead, as an app without libcluster does;
     * `:dist_port`, `:inetrc`, `:cookie` - the cluster's shared distribution settings;
     * `:dir` - where to write the pod's config;
-    * `:subscriber` - a process that gets `{:pod_event, label, event, at_ms}` for each report.
+    * `:subscriber` - a process that gets `{:pod_event, label, event, at_ms}` for each report;
+    * `:bare` - start a bare `erl` node that runs no strategy and reports nothing but `ready`:
+      a live pod that only accepts connections, cheap enough to start by the dozen.
   """
   def start!(opts) do
     {:ok, pid} = GenServer.start_link(__MODULE__, opts)
@@ -63,6 +65,42 @@ defmodule ClusterSRV.Harness.Pod do
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
+    port = if opts[:bare], do: open_bare(opts), else: open_agent(opts)
+
+    {:ok,
+     %{
+       port: port,
+       label: Keyword.fetch!(opts, :label),
+       subscriber: Keyword.get(opts, :subscriber),
+       os_pid: nil,
+       ready_at: nil,
+       waiting: [],
+       members: MapSet.new(),
+       history: [],
+       connects: [],
+       alive: true,
+       log: []
+     }}
+  end
+
+  defp dist_flags(opts) do
+    {a, b, c, d} = Keyword.fetch!(opts, :ip)
+
+    "-start_epmd false -erl_epmd_port #{opts[:dist_port]} " <>
+      "-kernel inet_dist_use_interface {#{a},#{b},#{c},#{d}}"
+  end
+
+  defp open_bare(opts) do
+    args =
+      ["-noshell", "-name", "#{opts[:app]}@#{opts[:host]}"] ++
+        ["-setcookie", Keyword.get(opts, :cookie, "cluster_srv")] ++
+        String.split(dist_flags(opts)) ++
+        ["-eval", ~S|io:format("@@ ready ~s ~s~n", [node(), os:getpid()])|]
+
+    Watchdog.open(System.find_executable("erl"), args)
+  end
+
+  defp open_agent(opts) do
     label = Keyword.fetch!(opts, :label)
     config_path = Path.join(Keyword.fetch!(opts, :dir), "#{label}.config")
 
@@ -76,11 +114,7 @@ defmodule ClusterSRV.Harness.Pod do
       })
     )
 
-    {a, b, c, d} = Keyword.fetch!(opts, :ip)
-
-    erl_flags =
-      "-start_epmd false -erl_epmd_port #{opts[:dist_port]} " <>
-        "-kernel inet_dist_use_interface {#{a},#{b},#{c},#{d}}"
+    erl_flags = dist_flags(opts)
 
     ebin = Path.join(Mix.Project.app_path(), "ebin")
 
@@ -97,23 +131,7 @@ defmodule ClusterSRV.Harness.Pod do
       "ClusterSRV.Harness.PodAgent.main(#{inspect(config_path)})"
     ]
 
-    port =
-      Watchdog.open(System.find_executable("elixir"), args, env: [{"ERL_INETRC", opts[:inetrc]}])
-
-    {:ok,
-     %{
-       port: port,
-       label: label,
-       subscriber: Keyword.get(opts, :subscriber),
-       os_pid: nil,
-       ready_at: nil,
-       waiting: [],
-       members: MapSet.new(),
-       history: [],
-       connects: [],
-       alive: true,
-       log: []
-     }}
+    Watchdog.open(System.find_executable("elixir"), args, env: [{"ERL_INETRC", opts[:inetrc]}])
   end
 
   @impl true
