@@ -102,7 +102,7 @@ defmodule ClusterSRV.Bench do
       )
 
     binary = Path.join(target_dir, "release/examples/exchange_latency")
-    args = [to_string(dns.port), @small, to_string(rounds), to_string(per_round)]
+    args = [to_string(dns.port), @small, to_string(rounds), to_string(per_round), @big]
     {output, 0} = System.cmd(binary, args, stderr_to_stdout: true)
 
     for "RESULT " <> line <- String.split(output, "\n") do

@@ -1,8 +1,9 @@
 //! Where the time of one small SRV lookup goes, without the BEAM: `make bench` runs this against
-//! the benchmark's BIND for the 3-record answer. (The raw modes do not follow truncation over
-//! TCP, so they are not for large answers.)
+//! the benchmark's BIND for the 3-record answer. (The raw UDP modes do not follow truncation
+//! over TCP, so they are not for large answers.) Given a large answer's name too, it also
+//! measures the price of opening a TCP connection per lookup against keeping one.
 //!
-//!     cargo run --release --example exchange_latency -- <bind port> <name> <rounds> <per round>
+//!     cargo run --release --example exchange_latency -- <bind port> <name> <rounds> <per round> [<large name>]
 //!
 //! Each mode but `cluster_srv_lookup_handed_off` runs its lookups inside one task, so those
 //! figures hold no handoff from outside the runtime; that one starts each lookup from outside,
@@ -33,10 +34,19 @@ const MODES: [&str; 7] = [
     "hickory_resolver_2_workers",
 ];
 
+/// With a large answer's name: one TCP query on a connection kept open (what the resolver
+/// used to do), on a connection opened for it and closed after (what it does now), and our
+/// whole lookup of that name (UDP, truncated, then TCP).
+const TCP_MODES: [&str; 3] = [
+    "tcp_kept_connection",
+    "tcp_fresh_connection",
+    "cluster_srv_lookup_large",
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: exchange_latency <bind port> <name> <rounds> <per round>");
+    if args.len() != 5 && args.len() != 6 {
+        eprintln!("usage: exchange_latency <bind port> <name> <rounds> <per round> [<large name>]");
         std::process::exit(2);
     }
     let port: u16 = args[1].parse().expect("a port");
@@ -55,6 +65,8 @@ fn main() {
     let ours = Arc::new(
         SrvResolver::new(&Options {
             nameservers: vec![server],
+            search: vec![],
+            ndots: 1,
             timeout: Duration::from_secs(2),
             attempts: 1,
         })
@@ -63,10 +75,17 @@ fn main() {
     let hickory_one = Arc::new(hickory_resolver(server, one));
     let hickory_two = Arc::new(hickory_resolver(server, &two));
 
-    let mut samples: Vec<Vec<u128>> = vec![Vec::new(); MODES.len()];
-    let mut cpu: Vec<Duration> = vec![Duration::ZERO; MODES.len()];
+    let large = args.get(5).cloned();
+    let modes: Vec<&str> = match large {
+        Some(_) => MODES.iter().chain(TCP_MODES.iter()).copied().collect(),
+        None => MODES.to_vec(),
+    };
+    let large = large.unwrap_or_default();
+
+    let mut samples: Vec<Vec<u128>> = vec![Vec::new(); modes.len()];
+    let mut cpu: Vec<Duration> = vec![Duration::ZERO; modes.len()];
     for _ in 0..rounds {
-        for (index, mode) in MODES.iter().enumerate() {
+        for (index, mode) in modes.iter().enumerate() {
             let before = cpu_time();
             let times = match *mode {
                 "raw_udp" => {
@@ -104,6 +123,21 @@ fn main() {
                     }
                     Ok(Ok(times))
                 }
+                "tcp_kept_connection" => {
+                    one.block_on(one.spawn(raw_tcp(server, large.clone(), per_round, false)))
+                }
+                "tcp_fresh_connection" => {
+                    one.block_on(one.spawn(raw_tcp(server, large.clone(), per_round, true)))
+                }
+                "cluster_srv_lookup_large" => {
+                    let (ours, large) = (ours.clone(), large.clone());
+                    one.block_on(one.spawn(async move {
+                        timed(per_round, || async {
+                            ours.lookup(&large, false).await.is_ok()
+                        })
+                        .await
+                    }))
+                }
                 "hickory_resolver_1_worker" => {
                     let (resolver, name) = (hickory_one.clone(), name.clone());
                     one.block_on(one.spawn(async move {
@@ -132,7 +166,7 @@ fn main() {
         }
     }
 
-    for (index, mode) in MODES.iter().enumerate() {
+    for (index, mode) in modes.iter().enumerate() {
         let sorted = {
             let mut all = samples[index].clone();
             all.sort_unstable();
@@ -221,7 +255,56 @@ async fn raw_udp(
     Ok(times)
 }
 
-/// hickory's UDP client stream alone: the exchange our lookups use for each try.
+/// A prebuilt query over TCP, answered and decoded: on one connection kept open, or on a
+/// connection of its own each time, closed after the answer.
+async fn raw_tcp(
+    server: SocketAddr,
+    name: String,
+    count: usize,
+    fresh: bool,
+) -> Result<Vec<u128>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let query = query_bytes(&name)?;
+    let length = u16::try_from(query.len()).map_err(|e| e.to_string())?;
+    let mut framed = length.to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let mut kept = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let mut fresh_stream;
+        let stream = if fresh {
+            fresh_stream = TcpStream::connect(server)
+                .await
+                .map_err(|e| e.to_string())?;
+            &mut fresh_stream
+        } else {
+            &mut kept
+        };
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.write_all(&framed).await.map_err(|e| e.to_string())?;
+        let mut prefix = [0u8; 2];
+        stream
+            .read_exact(&mut prefix)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+        stream
+            .read_exact(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        Message::from_vec(&answer).map_err(|e| e.to_string())?;
+        times.push(started.elapsed().as_micros());
+    }
+    Ok(times)
+}
+
+/// hickory's UDP client stream alone: the exchange our lookups used for each try before they
+/// drove their own sockets.
 async fn udp_stream(server: SocketAddr, name: String, count: usize) -> Result<Vec<u128>, String> {
     let name = Name::from_ascii(&name).map_err(|e| e.to_string())?;
     let mut stream = UdpClientStream::builder(server, TokioRuntimeProvider::default())
