@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_srv::resolver::{runtime, Options, SrvResolver};
+use cluster_srv::resolver::{Options, SrvResolver};
+use cluster_srv::runtime::runtime;
 use futures_util::StreamExt;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -69,6 +70,7 @@ fn main() {
             ndots: 1,
             timeout: Duration::from_secs(2),
             attempts: 1,
+            deadline: Duration::from_millis(2_100),
         })
         .expect("a resolver"),
     );

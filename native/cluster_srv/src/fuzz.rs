@@ -16,8 +16,8 @@ use hickory_resolver::proto::rr::{Name, RecordType};
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
+use crate::answer::build_records;
 use crate::names::{self, Candidate, Naming, Rules, MAX_ATOM_LENGTH, MAX_LABEL_LENGTH};
-use crate::resolver::build_records;
 
 const DOMAIN: &str = "many.hostile.test";
 const MAX_NODES: usize = 50;
@@ -57,8 +57,8 @@ fn check_answer(bytes: &[u8]) {
             bytes: Vec::new(),
         };
         if let Ok(Some(message)) = crate::transport::matching(bytes, &request) {
-            let _ = crate::resolver::refuses_edns(&message);
-            let _ = crate::resolver::classify(message, RecordType::SRV);
+            let _ = crate::answer::refuses_edns(&message);
+            let _ = crate::answer::classify(message, RecordType::SRV);
         }
     }
     for naming in [Naming::Hostname, Naming::Ip] {

@@ -1,9 +1,15 @@
 //! The NIF surface of libcluster_srv: it declares the NIFs and converts terms, nothing more.
-//! The work lives in `resolver` (hickory and the tokio runtime) and `names` (targets to names).
+//! The work lives in plain modules that `cargo test` runs without a BEAM: `resolver` (lookups
+//! on the shared `runtime`), `transport` (one UDP or TCP exchange), `plan` (servers and search
+//! list), `answer` (what an answer means and its records), `names` (targets to node names) and
+//! `error` (the reasons).
 
+pub mod answer;
 pub mod error;
 pub mod names;
+pub mod plan;
 pub mod resolver;
+pub mod runtime;
 pub mod transport;
 
 #[cfg(test)]
@@ -21,9 +27,12 @@ mod nif {
         Atom, Binary, Decoder, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term,
     };
 
+    use crate::answer::SrvRecord;
     use crate::error::{panic_message, Error};
     use crate::names::{self, Candidate, Naming, Rules};
-    use crate::resolver::{self, Options, SrvRecord, SrvResolver};
+    use crate::plan;
+    use crate::resolver::{Options, SrvResolver};
+    use crate::runtime::runtime;
 
     mod atoms {
         rustler::atoms! {
@@ -90,13 +99,14 @@ mod nif {
         ndots: usize,
         timeout_ms: u64,
         attempts: u32,
+        deadline_ms: u64,
     ) -> Term<'a> {
         guarded(env, || {
             let mut addresses = Vec::with_capacity(nameservers.len());
             for (index, nameserver) in nameservers.iter().enumerate() {
                 let parsed = match nameserver {
-                    NameserverArg::Text(text) => resolver::parse_nameserver(text),
-                    NameserverArg::WithPort(ip, port) => resolver::nameserver_with_port(ip, *port),
+                    NameserverArg::Text(text) => plan::parse_nameserver(text),
+                    NameserverArg::WithPort(ip, port) => plan::nameserver_with_port(ip, *port),
                 };
                 match parsed {
                     Ok(address) => addresses.push(address),
@@ -112,6 +122,7 @@ mod nif {
                 ndots,
                 timeout: Duration::from_millis(timeout_ms),
                 attempts,
+                deadline: Duration::from_millis(deadline_ms),
             };
             match SrvResolver::new(&options) {
                 Ok(resolver) => {
@@ -326,7 +337,7 @@ mod nif {
     where
         F: std::future::Future<Output = Result<Answer, Error>> + Send + 'static,
     {
-        let runtime = match resolver::runtime() {
+        let runtime = match runtime() {
             Ok(runtime) => runtime,
             Err(error) => return (atoms::error(), error).encode(env),
         };
@@ -371,7 +382,7 @@ mod nif {
 
     #[cfg(feature = "test-panic")]
     fn drop_on_runtime(reply: Reply) {
-        if let Ok(runtime) = resolver::runtime() {
+        if let Ok(runtime) = runtime() {
             runtime.spawn(async move { drop(reply) });
         }
     }
