@@ -33,7 +33,7 @@ test: setup $(K8S_VALIDATE)
 	$(K8S_VALIDATE) --strict --quiet -k $(K8S_VERSION) examples/kubernetes/*.yaml
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --all-features -- -D warnings
-		cargo test
+	cargo test
 	FUZZ_SECONDS=3 cargo test --lib fuzz_for_a_while -- --ignored
 	mix format --check-formatted
 	MIX_ENV=prod mix compile --warnings-as-errors

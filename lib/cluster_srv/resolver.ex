@@ -2,7 +2,7 @@ defmodule ClusterSRV.Resolver do
   @moduledoc """
   Native DNS SRV lookups.
 
-    The work runs in Rust (hickory) on one shared tokio runtime with one named worker thread, so
+  The work runs in Rust (hickory) on one shared tokio runtime with one named worker thread, so
   a lookup never occupies a BEAM scheduler while it waits for the network.
 
       {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"], timeout: 2_000, attempts: 2)
@@ -110,7 +110,7 @@ defmodule ClusterSRV.Resolver do
       end
 
     # :inet_res tries a name with an embedded dot as it is first: ndots 1.
-    case Native.resolver_new(terms, search, 1, opts[:timeout], opts[:attempts]) do
+    case Native.resolver_new(terms, search, 1, opts[:timeout], opts[:attempts], deadline(opts)) do
       {:ok, ref} ->
         %{servers: servers} = Native.resolver_plan(ref)
         {:ok, struct!(__MODULE__, [ref: ref, source: source, servers: servers] ++ opts)}
@@ -167,7 +167,7 @@ defmodule ClusterSRV.Resolver do
         receive do
           {:cluster_srv_lookup, ^ref, result} -> result
         after
-          deadline(resolver, opts) + @reply_margin -> {:error, :timeout}
+          reply_timeout(resolver, opts) -> {:error, :timeout}
         end
     end
   end
@@ -281,20 +281,43 @@ defmodule ClusterSRV.Resolver do
   end
 
   @doc """
-  The longest a lookup takes before it gives `{:error, :timeout}`, in milliseconds, for the
-  options of `lookup/3`.
+  The longest a lookup takes before it gives `{:error, :timeout}`, in milliseconds: `timeout ×
+  attempts`, plus 100 ms for the last answer to be read, and as long again with
+  `fill_addresses: true`. It takes a resolver or its options, and the options of `lookup/3`.
+
+  This is the one place the deadline is computed: the native side is given it, and the
+  strategy waits for it, for the native resolver and a `resolver` function alike.
 
       iex> resolver = %ClusterSRV.Resolver{ref: nil, nameservers: [], timeout: 500, attempts: 3}
       iex> ClusterSRV.Resolver.deadline(resolver)
       1600
       iex> ClusterSRV.Resolver.deadline(resolver, fill_addresses: true)
       3200
+      iex> ClusterSRV.Resolver.deadline(timeout: 500, attempts: 3)
+      1600
   """
-  @spec deadline(t(), keyword()) :: pos_integer()
-  def deadline(%__MODULE__{timeout: timeout, attempts: attempts}, opts \\ []) do
+  @spec deadline(t() | keyword(), keyword()) :: pos_integer()
+  def deadline(resolver_or_options, opts \\ [])
+
+  def deadline(%__MODULE__{timeout: timeout, attempts: attempts}, opts),
+    do: deadline([timeout: timeout, attempts: attempts], opts)
+
+  def deadline(options, opts) when is_list(options) do
     phases = if fill_addresses?(opts), do: 2, else: 1
-    phases * (timeout * attempts + 100)
+    phases * (Keyword.fetch!(options, :timeout) * Keyword.fetch!(options, :attempts) + 100)
   end
+
+  @doc """
+  How long a caller waits for a lookup's reply before it gives up with `{:error, :timeout}`:
+  `deadline/2`, plus a margin. The native side always replies within the deadline; the margin
+  only guards against a stuck runtime.
+
+      iex> ClusterSRV.Resolver.reply_timeout(timeout: 500, attempts: 3)
+      2600
+  """
+  @spec reply_timeout(t() | keyword(), keyword()) :: pos_integer()
+  def reply_timeout(resolver_or_options, opts \\ []),
+    do: deadline(resolver_or_options, opts) + @reply_margin
 
   defp fill_addresses?(opts), do: Keyword.get(opts, :fill_addresses, false) == true
 

@@ -102,6 +102,9 @@ defmodule ClusterSRV.Integration.E2ETest do
   # whose names sort first.
   defp assert_linked_despite_dead(cluster, new) do
     dead = LocalCluster.dead_nodes(cluster)
+    # The others' strategies may mesh a new pod before its own first poll has run: wait for
+    # that poll's connects to the dead pods (they start at once, and hang).
+    for pod <- new, do: await_tried(cluster, pod, dead, Pod.info(pod).ready_at + 2 * @interval)
     calls = strategy_connects(cluster)
 
     for pod <- new do
@@ -126,6 +129,15 @@ defmodule ClusterSRV.Integration.E2ETest do
 
       assert overlapping != [],
              "no connect linked #{pod.label} while a dead connect hung: #{inspect(links)}"
+    end
+  end
+
+  defp await_tried(cluster, pod, dead, deadline) do
+    tried = Enum.count(strategy_connects(cluster), &(&1.from == pod.name and &1.node in dead))
+
+    if tried < length(dead) and System.monotonic_time(:millisecond) < deadline do
+      Process.sleep(20)
+      await_tried(cluster, pod, dead, deadline)
     end
   end
 

@@ -219,7 +219,7 @@ defmodule ClusterSRV.Integration.HostileTest do
           await_polls(topology, 5)
           # Invalid targets make no atom; the 20 valid ones were made at the first poll.
           assert :erlang.system_info(:atom_count) == before
-          assert MapSet.size(:sys.get_state(pid).meta) == 20
+          assert MapSet.size(:sys.get_state(pid).membership.meta) == 20
           GenServer.stop(pid)
         end)
 

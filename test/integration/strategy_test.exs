@@ -116,7 +116,7 @@ defmodule ClusterSRV.Integration.StrategyTest do
                    2_000
 
     refute_receive {:probe, :disconnect, _, _}, 3 * @interval
-    assert MapSet.size(:sys.get_state(pid).meta) == 2
+    assert MapSet.size(:sys.get_state(pid).membership.meta) == 2
   end
 
   test "stopping the DNS server disconnects no one", %{dns: dns} do
@@ -128,7 +128,7 @@ defmodule ClusterSRV.Integration.StrategyTest do
         {pid, _probe} = start(dns, service: "zeta", application_name: "zeta")
         assert length(connects(3)) == 3
         Process.sleep(@interval)
-        known = :sys.get_state(pid).meta
+        known = :sys.get_state(pid).membership.meta
         assert MapSet.size(known) == 3
 
         DNS.pause(dns)
@@ -137,15 +137,15 @@ defmodule ClusterSRV.Integration.StrategyTest do
           # Several polls fail. On a live host, a stopped server's port refuses the query.
           Process.sleep(3 * (@interval + 500))
           refute_received {:probe, :disconnect, _, _}
-          assert :sys.get_state(pid).meta == known
-          assert :sys.get_state(pid).failure == {:io, "connection refused"}
+          assert :sys.get_state(pid).membership.meta == known
+          assert :sys.get_state(pid).membership.failure == {:io, "connection refused"}
         after
           DNS.resume(dns)
         end
 
         Process.sleep(2 * (@interval + 500))
         refute_received {:probe, :disconnect, _, _}
-        assert :sys.get_state(pid).failure == nil
+        assert :sys.get_state(pid).membership.failure == nil
 
         # And changes apply again once DNS is back.
         DNS.put_service(dns, %{svc | pods: Enum.take(svc.pods, 2)})
@@ -183,7 +183,7 @@ defmodule ClusterSRV.Integration.StrategyTest do
 
         for _ <- 1..5 do
           {elapsed, state} = :timer.tc(fn -> :sys.get_state(pid, 1_000) end)
-          assert state.lookup != nil
+          assert ClusterSRV.Lookup.running?(state.lookup)
           assert elapsed < 50_000, "a call took #{div(elapsed, 1000)} ms"
           Process.sleep(200)
         end

@@ -37,7 +37,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   """
   use Mix.Task
 
-  alias ClusterSRV.{Config, Record, Resolver, Strategy}
+  alias ClusterSRV.{Config, Reasons, Record, Resolver, Strategy}
 
   @switches [
     service: :string,
@@ -133,7 +133,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
           Enum.join(servers, ", ") <> describe_source(source)
 
         {:error, reason} ->
-          "no server (#{Strategy.describe_failure(reason)})"
+          "no server (#{Reasons.describe_failure(reason)})"
       end
 
     section("Query", ["#{config.query} (SRV), asking #{nameservers}"])
@@ -163,7 +163,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
         end
 
       {:error, reason} ->
-        section("Lookup failed", [Strategy.describe_failure(reason)])
+        section("Lookup failed", [Reasons.describe_failure(reason)])
         self_check(config, [], [])
         hints_for_error(config, reason)
         result("FAILED: #{inspect(reason)}")
@@ -200,7 +200,8 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   defp print_rejected(rejected, config) do
     lines =
       for {target, reason} <- rejected,
-          do: "#{inspect(target)}: #{Strategy.describe_rejection(reason, config)}"
+          do:
+            "#{inspect(target)}: #{Reasons.describe_rejection(reason, domain: config.domain, max_nodes: config.max_nodes)}"
 
     section("Rejected targets (#{length(rejected)})", lines)
   end

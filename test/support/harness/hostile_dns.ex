@@ -19,8 +19,8 @@ defmodule ClusterSRV.Harness.HostileDNS do
     * `tcptrunc` - TC over UDP; over TCP, a length prefix promising more than it sends.
     * `slow` - a valid answer, 1.5 s late.
     * `silent` - nothing at all.
-        * `ok` - three valid pods, for comparison.
-        * `panic` - the target `panic.test-panic.invalid`, on which name parsing panics on purpose
+    * `ok` - three valid pods, for comparison.
+    * `panic` - the target `panic.test-panic.invalid`, on which name parsing panics on purpose
       in test builds (and nowhere else).
     * `fill` - targets with no address in the answer: `ok-0.fill.hostile.test`, whose A query
       is answered (127.0.0.7), `hang-0.fill.hostile.test`, whose A query never is, and 20

@@ -46,7 +46,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
   @doc """
   Prepares a cluster on an existing `ClusterSRV.Harness.DNS`. Options: `:service`,
   `:namespace` (default `"default"`), `:app` (default `"myapp"`), `:layout`,
-    `:polling_interval` (default 1_000), `:subnet` (the first three octets of the pods'
+  `:polling_interval` (default 1_000), `:subnet` (the first three octets of the pods'
   addresses; default a random one in 127.0.0.0/8), `:subscriber`, `:config` (extra strategy
   config), `:strategy` (the module each pod runs; default `ClusterSRV.Strategy`), `:standalone`
   (each pod runs `{ClusterSRV, config}` instead, without libcluster), `:nameservers` (`false`

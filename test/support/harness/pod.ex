@@ -22,8 +22,8 @@ defmodule ClusterSRV.Harness.Pod do
   Starts a pod. Options:
 
     * `:label`, `:host`, `:ip`, `:app` - the pod's name is `app@host`, on `ip`;
-        * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
-        * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
+    * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
+    * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
     * `:standalone` - run `{ClusterSRV, config}` instead, as an app without libcluster does;
     * `:dist_port`, `:inetrc`, `:cookie` - the cluster's shared distribution settings;
     * `:dir` - where to write the pod's config;

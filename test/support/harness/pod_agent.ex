@@ -1,12 +1,12 @@
 defmodule ClusterSRV.Harness.PodAgent do
   @moduledoc """
-    The code that runs inside a pod: a real BEAM node that starts `ClusterSRV.Strategy` (or, for
+  The code that runs inside a pod: a real BEAM node that starts `ClusterSRV.Strategy` (or, for
   the benchmarks' baseline, another strategy module) the way libcluster's `Cluster.Supervisor`
   does, and reports what happens on its standard output.
 
   Lines that start with `@@ ` are for the controller (`ClusterSRV.Harness.Pod`):
 
-        * `@@ ready <node> <os pid>` - the node is up and its strategy is starting;
+    * `@@ ready <node> <os pid>` - the node is up and its strategy is starting;
     * `@@ nodes <node>,<node>,...` - the connected nodes, each time they change;
     * `@@ connect <node>` and `@@ connected <node> <result> <ms>` - each connect call the
       strategy itself makes, and how it ended, so that tests can tell the strategy's connects

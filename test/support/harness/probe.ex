@@ -12,7 +12,7 @@ defmodule ClusterSRV.Harness.Probe do
   use Agent
 
   @doc """
-    Starts a probe owned by the caller. Options: `:connected` (nodes seen as connected at start),
+  Starts a probe owned by the caller. Options: `:connected` (nodes seen as connected at start),
   `:delay` (ms each connect takes; `:infinity` for a connect that never returns), `:results` (a
   map of node to what connect returns; `true` by default), `:disconnect_delay` and
   `:disconnect_results`, the same for disconnects.

@@ -1,0 +1,384 @@
+defmodule ClusterSRV.Membership do
+  @moduledoc """
+  The strategy's membership rules, as data in and data out: given what it knows, a lookup's
+  outcome or a job's, it returns what it knows next and the actions to take.
+
+  It has no process, no clock and no I/O, so a test drives it with plain data;
+  `ClusterSRV.Strategy` carries events in and performs the actions out. The events:
+
+    * `lookup_done/3` - a lookup ended, with what the topology's `list_nodes` shows now;
+    * `job_done/4` - a connect or disconnect job ended (see `ClusterSRV.Connector` for the
+      outcomes).
+
+  The actions, in the order they are to be taken:
+
+    * `{:connect, node}`, `{:disconnect, node}` - start a job;
+    * `{:log, level, message}` - `message` is a string, or for `:debug` a function that builds
+      it, so that a poll builds no text unless debug is on;
+    * `{:emit, event, measurements, metadata}` - a telemetry event (libcluster's).
+
+  ## The contract
+
+  These hold for every sequence of events (`test/cluster_srv/membership_test.exs` checks them
+  over thousands of random ones):
+
+    * **Failures change nothing.** A failed lookup, an empty answer or one with no valid name
+      starts no job, and changes neither `meta` nor what is listed.
+    * **Disconnects follow DNS.** A node is disconnected only when a successful answer with at
+      least one valid name no longer lists it, it is in `meta`, and `list_nodes` shows it.
+    * **Connects follow DNS.** A node is connected only when the latest successful answer lists
+      it and `list_nodes` does not show it.
+    * **Never this node**, and **never two jobs for one node at once.**
+    * **Retries are bounded.** A connect to a node whose last connect failed is a retry: at
+      most `max_retries` run at once, the others wait in a queue. Every other job starts at
+      once, so a new pod never waits behind dead ones. A queued retry whose node a newer answer
+      no longer lists is dropped.
+    * **`meta` keeps libcluster's meaning**: the nodes this strategy knows as members. A
+      successful connect adds its node; a disconnect that succeeded, or that found the node
+      already gone or not part of the network, removes it; a disconnect that failed otherwise
+      keeps it, so that the next answer tries again. An answer keeps the listed nodes that
+      were known or are connected, and the nodes it is disconnecting.
+    * **Each problem is logged once while it lasts**: a failure when it starts and when its
+      kind changes, its end once, a kind of rejected target when it appears, a node that
+      stays unreachable once.
+
+      iex> state = ClusterSRV.Membership.new(self: :"app@a.svc", query: "svc.")
+      iex> answer = {:ok, %{nodes: [:"app@a.svc", :"app@b.svc"], rejected: []}}
+      iex> {state, actions} = ClusterSRV.Membership.lookup_done(state, answer, [])
+      iex> for {:connect, node} <- actions, do: node
+      [:"app@b.svc"]
+      iex> {state, _} =
+      ...>   ClusterSRV.Membership.job_done(state, :connect, :"app@b.svc", {:returned, true, 10})
+      iex> state.meta
+      MapSet.new([:"app@b.svc"])
+  """
+
+  alias ClusterSRV.Reasons
+
+  @enforce_keys [:self, :query]
+  defstruct [
+    :self,
+    :query,
+    context: [],
+    max_retries: 16,
+    meta: MapSet.new(),
+    listed: MapSet.new(),
+    jobs: %{},
+    retries: :queue.new(),
+    unreachable: MapSet.new(),
+    failure: nil,
+    failures: 0,
+    rejections: MapSet.new()
+  ]
+
+  @typedoc """
+  What the rules know:
+
+    * `meta` - libcluster's meta, the nodes known as members;
+    * `listed` - the nodes the latest successful answer listed;
+    * `jobs` - per node, the job it has: `{:connect | :disconnect, :running | :queued}`, and
+      whether it is a retry;
+    * `retries` - the queue of retries waiting for room;
+    * `unreachable` - listed nodes whose last connect failed;
+    * `failure`, `failures` - the ongoing lookup failure, and how many polls in a row failed;
+    * `rejections` - the kinds of rejected target the latest answer had.
+  """
+  @type t :: %__MODULE__{
+          self: node(),
+          query: String.t(),
+          context: keyword(),
+          max_retries: pos_integer(),
+          meta: MapSet.t(node()),
+          listed: MapSet.t(node()),
+          jobs: %{node() => {:connect | :disconnect, :running | :queued, boolean()}},
+          retries: :queue.queue(node()),
+          unreachable: MapSet.t(node()),
+          failure: term(),
+          failures: non_neg_integer(),
+          rejections: MapSet.t(atom())
+        }
+
+  @type action ::
+          {:connect, node()}
+          | {:disconnect, node()}
+          | {:log, :debug | :info | :warning, String.t() | (() -> String.t())}
+          | {:emit, [atom()], map(), map()}
+
+  @type lookup_result ::
+          {:ok, %{nodes: [node()], rejected: [{String.t(), atom()}]}} | {:error, term()}
+
+  @doc """
+  New rules. Options: `:self` (this node), `:query` (the name asked, for the logs), `:context`
+  (`domain:` and `max_nodes:`, for the wording of rejections), `:meta` (libcluster's initial
+  meta, a `MapSet`) and `:max_retries` (default 16).
+  """
+  @spec new(keyword()) :: t()
+  def new(opts) do
+    meta = Keyword.get(opts, :meta) || MapSet.new()
+    struct!(__MODULE__, Keyword.put(opts, :meta, meta))
+  end
+
+  @doc """
+  What a lookup's result counts as: `:ok`, or the failure it is. An answer with no valid name
+  is a failure, `:no_valid_names`.
+
+      iex> ClusterSRV.Membership.outcome({:ok, %{nodes: [], rejected: [{"a_b.svc", :invalid_hostname}]}})
+      {:error, :no_valid_names}
+  """
+  @spec outcome(lookup_result()) :: :ok | {:error, term()}
+  def outcome({:ok, %{nodes: []}}), do: {:error, :no_valid_names}
+  def outcome({:ok, %{nodes: [_ | _]}}), do: :ok
+  def outcome({:error, reason}), do: {:error, reason}
+
+  @doc "A lookup ended with `result`, and `list_nodes` shows `connected`."
+  @spec lookup_done(t(), lookup_result(), [node()]) :: {t(), [action()]}
+  def lookup_done(state, result, connected) do
+    {state, logged} =
+      case result do
+        {:ok, %{rejected: rejected}} -> rejections(state, rejected)
+        {:error, _} -> {state, []}
+      end
+
+    {state, actions} =
+      case {outcome(result), result} do
+        {:ok, {:ok, %{nodes: nodes}}} ->
+          {state, recovered} = recovery(state)
+          {state, changes} = apply_answer(state, nodes, MapSet.new(connected))
+          {state, recovered ++ changes}
+
+        {{:error, reason}, _} ->
+          failure(state, reason)
+      end
+
+    {state, logged ++ actions}
+  end
+
+  @doc """
+  A job of `kind` for `node` ended with `outcome`: `{:returned, value, duration}`,
+  `{:crashed, reason}` or `:timed_out`.
+  """
+  @spec job_done(t(), :connect | :disconnect, node(), ClusterSRV.Connector.outcome()) ::
+          {t(), [action()]}
+  def job_done(state, kind, node, outcome) do
+    state = %{state | jobs: Map.delete(state.jobs, node)}
+    {state, actions} = settle(state, kind, node, outcome)
+    {state, started} = dispatch(state)
+    {state, actions ++ started}
+  end
+
+  # -- A successful answer ------------------------------------------------------------------------
+
+  defp apply_answer(state, nodes, connected) do
+    listed = MapSet.new(nodes)
+    me = state.self
+    removed = MapSet.difference(state.meta, listed)
+
+    to_disconnect =
+      for node <- removed,
+          MapSet.member?(connected, node),
+          node != me,
+          not Map.has_key?(state.jobs, node),
+          do: node
+
+    to_connect =
+      nodes
+      |> Enum.reject(&(&1 == me or MapSet.member?(connected, &1) or Map.has_key?(state.jobs, &1)))
+      |> Enum.uniq()
+
+    # A removed node whose disconnect still runs stays known until it ends: if it fails,
+    # libcluster keeps the node for the next answer to try again.
+    disconnecting = for node <- removed, match?({:disconnect, _, _}, state.jobs[node]), do: node
+
+    # libcluster's meta: the listed nodes known or connected, and those being disconnected.
+    meta =
+      listed
+      |> MapSet.intersection(MapSet.union(state.meta, connected))
+      |> MapSet.union(MapSet.new(to_disconnect ++ disconnecting))
+      |> MapSet.delete(me)
+
+    # Connects to nodes not tried yet (or that last succeeded) and disconnects start at once;
+    # connects to nodes whose last connect failed wait as retries.
+    {retry, fresh} = Enum.split_with(to_connect, &MapSet.member?(state.unreachable, &1))
+
+    jobs =
+      state.jobs
+      |> Map.merge(Map.new(to_disconnect, &{&1, {:disconnect, :running, false}}))
+      |> Map.merge(Map.new(fresh, &{&1, {:connect, :running, false}}))
+      |> Map.merge(Map.new(retry, &{&1, {:connect, :queued, true}}))
+
+    state = %{
+      state
+      | meta: meta,
+        listed: listed,
+        unreachable: MapSet.intersection(state.unreachable, listed),
+        jobs: jobs,
+        retries: Enum.reduce(retry, state.retries, &:queue.in(&1, &2))
+    }
+
+    debug =
+      {:log, :debug,
+       fn ->
+         "DNS lists #{MapSet.size(listed)} nodes; connecting #{length(to_connect)}, " <>
+           "disconnecting #{length(to_disconnect)}"
+       end}
+
+    {state, started} = dispatch(state)
+
+    {state,
+     [debug] ++
+       Enum.map(to_disconnect, &{:disconnect, &1}) ++
+       Enum.map(fresh, &{:connect, &1}) ++ started}
+  end
+
+  # Starts queued retries while fewer than max_retries run; drops those whose node the latest
+  # answer no longer lists.
+  defp dispatch(state), do: dispatch(state, running_retries(state), [])
+
+  defp dispatch(state, running, started) when running >= state.max_retries,
+    do: {state, Enum.reverse(started)}
+
+  defp dispatch(state, running, started) do
+    case :queue.out(state.retries) do
+      {:empty, _} ->
+        {state, Enum.reverse(started)}
+
+      {{:value, node}, rest} ->
+        state = %{state | retries: rest}
+
+        if MapSet.member?(state.listed, node) do
+          state = put_in(state.jobs[node], {:connect, :running, true})
+          dispatch(state, running + 1, [{:connect, node} | started])
+        else
+          dispatch(%{state | jobs: Map.delete(state.jobs, node)}, running, started)
+        end
+    end
+  end
+
+  defp running_retries(state),
+    do: Enum.count(state.jobs, &match?({_, {:connect, :running, true}}, &1))
+
+  # -- Job outcomes ------------------------------------------------------------------------------
+
+  defp settle(state, :connect, node, {:returned, true, duration}) do
+    {%{
+       state
+       | meta: MapSet.put(state.meta, node),
+         unreachable: MapSet.delete(state.unreachable, node)
+     },
+     [
+       {:emit, [:libcluster, :connect_node, :ok], %{duration: duration}, %{node: node}},
+       {:log, :info, "connected to #{inspect(node)}"}
+     ]}
+  end
+
+  defp settle(state, :connect, node, outcome) do
+    {reason, why} =
+      case outcome do
+        {:returned, false, _} -> {:unreachable, ""}
+        {:returned, :ignored, _} -> {:not_part_of_network, ": not part of network"}
+        odd -> {inspect(odd_reason(odd)), ": the connect MFA #{describe_odd(odd)}"}
+      end
+
+    # A node that stays unreachable is reported once, then at debug level until it connects.
+    level = if MapSet.member?(state.unreachable, node), do: :debug, else: :warning
+
+    {%{
+       state
+       | meta: MapSet.delete(state.meta, node),
+         unreachable: MapSet.put(state.unreachable, node)
+     },
+     [
+       {:emit, [:libcluster, :connect_node, :error], %{}, %{node: node, reason: reason}},
+       {:log, level, "unable to connect to #{inspect(node)}#{why}"}
+     ]}
+  end
+
+  defp settle(state, :disconnect, node, {:returned, true, duration}) do
+    {%{state | meta: MapSet.delete(state.meta, node)},
+     [
+       {:emit, [:libcluster, :disconnect_node, :ok], %{duration: duration}, %{node: node}},
+       {:log, :info, "disconnected from #{inspect(node)}"}
+     ]}
+  end
+
+  defp settle(state, :disconnect, node, {:returned, value, _}) when value in [false, :ignored] do
+    {reason, why} =
+      if value == false,
+        do: {:already_disconnected, "because we're already disconnected"},
+        else: {:not_part_of_network, "because it is not part of the network"}
+
+    {%{state | meta: MapSet.delete(state.meta, node)},
+     [
+       {:emit, [:libcluster, :disconnect_node, :error], %{}, %{node: node, reason: reason}},
+       {:log, :warning, "disconnect from #{inspect(node)} failed #{why}"}
+     ]}
+  end
+
+  # libcluster keeps a node it could not disconnect in meta, so the next answer tries again.
+  defp settle(state, :disconnect, node, odd) do
+    {state,
+     [
+       {:emit, [:libcluster, :disconnect_node, :error], %{},
+        %{node: node, reason: inspect(odd_reason(odd))}},
+       {:log, :warning,
+        "disconnect from #{inspect(node)} failed: the disconnect MFA #{describe_odd(odd)}"}
+     ]}
+  end
+
+  defp odd_reason({:returned, value, _}), do: value
+  defp odd_reason(:timed_out), do: :timeout
+  defp odd_reason({:crashed, reason}), do: reason
+
+  defp describe_odd({:returned, value, _}), do: "returned #{inspect(value)}"
+  defp describe_odd(:timed_out), do: "did not return within connect_timeout and was stopped"
+  defp describe_odd({:crashed, reason}), do: "crashed: #{inspect(reason)}"
+
+  # -- Failures and rejections, each logged once while it lasts -----------------------------------
+
+  # A failure is warned about when it starts, and again whenever its kind changes (SERVFAIL,
+  # then a timeout, then an io error are three warnings); polls that fail again the same way
+  # are logged at debug level only.
+  defp failure(state, reason) do
+    log =
+      if state.failure == nil or Reasons.kind(state.failure) != Reasons.kind(reason) do
+        {:log, :warning,
+         "lookup of #{state.query} failed: #{Reasons.describe_failure(reason)}; " <>
+           "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"}
+      else
+        {:log, :debug,
+         fn -> "lookup of #{state.query} still failing: #{Reasons.describe_failure(reason)}" end}
+      end
+
+    {%{state | failure: reason, failures: state.failures + 1}, [log]}
+  end
+
+  defp recovery(%{failure: nil} = state), do: {state, []}
+
+  defp recovery(state) do
+    {%{state | failure: nil, failures: 0},
+     [
+       {:log, :info,
+        "lookup of #{state.query} succeeded again after #{state.failures} failed polls"}
+     ]}
+  end
+
+  # Each kind of rejected target is warned about when it appears in an answer, and not again
+  # while the answers that follow still have it; one that goes away and comes back is new.
+  defp rejections(state, rejected) do
+    by_reason =
+      Enum.group_by(rejected, fn {_target, reason} -> reason end, fn {target, _} -> target end)
+
+    logs =
+      for {reason, targets} <- Enum.sort(by_reason),
+          not MapSet.member?(state.rejections, reason) do
+        examples = targets |> Enum.take(3) |> Enum.map_join(", ", &inspect/1)
+
+        {:log, :warning,
+         "ignoring #{length(targets)} SRV target(s) of #{state.query}: " <>
+           "#{Reasons.describe_rejection(reason, state.context)} (for example #{examples}); " <>
+           "this is logged again only if it stops and starts again"}
+      end
+
+    {%{state | rejections: by_reason |> Map.keys() |> MapSet.new()}, logs}
+  end
+end
