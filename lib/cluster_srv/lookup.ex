@@ -72,6 +72,7 @@ defmodule ClusterSRV.Lookup do
   """
   @spec start(t()) :: {:ok, t()} | {:error, term(), t()}
   def start(%__MODULE__{running: nil, config: config} = lookup) do
+    lookup = %{lookup | resolver: lookup.resolver && Resolver.current(lookup.resolver)}
     started = System.monotonic_time()
     fill? = config.node_naming == :ip
     wait = Resolver.reply_timeout(config.resolver_options, fill_addresses: fill?)
@@ -185,7 +186,7 @@ defmodule ClusterSRV.Lookup do
         records =
           entries
           |> Enum.flat_map(&srv_entry_to_record/1)
-          |> Enum.sort_by(&{&1.priority, &1.target, &1.port, &1.weight})
+          |> Enum.sort_by(&{&1.priority, sort_key(&1.target), &1.port, &1.weight})
 
         cond do
           records == [] -> {:error, :no_records}
@@ -202,6 +203,13 @@ defmodule ClusterSRV.Lookup do
   rescue
     exception -> {:error, {:resolver_raised, Exception.message(exception)}}
   end
+
+  # The native side sorts targets lowercased and without the trailing dot.
+  defp sort_key(target), do: target |> String.trim_trailing(".") |> ascii_downcase()
+
+  defp ascii_downcase(text), do: for(<<byte <- text>>, into: "", do: <<downcase(byte)>>)
+  defp downcase(byte) when byte in ?A..?Z, do: byte + 32
+  defp downcase(byte), do: byte
 
   defp srv_entry_to_record({priority, weight, port, target})
        when is_integer(priority) and is_integer(weight) and is_integer(port) and is_list(target) do

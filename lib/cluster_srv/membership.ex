@@ -25,14 +25,17 @@ defmodule ClusterSRV.Membership do
     * **Failures change nothing.** A failed lookup, an empty answer or one with no valid name
       starts no job, and changes neither `meta` nor what is listed.
     * **Disconnects follow DNS.** A node is disconnected only when a successful answer with at
-      least one valid name no longer lists it, it is in `meta`, and `list_nodes` shows it.
+      least one valid name no longer lists it, it is in `meta`, and `list_nodes` shows it. Such
+      a node is always disconnected at that answer, unless a connect of ours to it still runs:
+      then the answer after that connect succeeds disconnects it.
     * **Connects follow DNS.** A node is connected only when the latest successful answer lists
       it and `list_nodes` does not show it.
     * **Never this node**, and **never two jobs for one node at once.**
     * **Retries are bounded.** A connect to a node whose last connect failed is a retry: at
       most `max_retries` run at once, the others wait in a queue. Every other job starts at
       once, so a new pod never waits behind dead ones. A queued retry whose node a newer answer
-      no longer lists is dropped.
+      no longer lists, or shows connected, is dropped; a node connected by others (its own
+      strategy, OTP's `global`) is no longer counted as unreachable.
     * **`meta` keeps libcluster's meaning**: the nodes this strategy knows as members. A
       successful connect adds its node; a disconnect that succeeded, or that found the node
       already gone or not part of the network, removes it; a disconnect that failed otherwise
@@ -171,6 +174,12 @@ defmodule ClusterSRV.Membership do
   defp apply_answer(state, nodes, connected) do
     listed = MapSet.new(nodes)
     me = state.self
+    # A queued retry of a node now connected by others, or no longer listed, is pointless: it
+    # is dropped, and holds back no disconnect below.
+    {pointless, jobs} = Enum.split_with(state.jobs, &pointless_retry?(&1, listed, connected))
+    pointless = MapSet.new(pointless, fn {node, _job} -> node end)
+    retries = :queue.filter(&(not MapSet.member?(pointless, &1)), state.retries)
+    state = %{state | jobs: Map.new(jobs), retries: retries}
     removed = MapSet.difference(state.meta, listed)
 
     to_disconnect =
@@ -210,7 +219,10 @@ defmodule ClusterSRV.Membership do
       state
       | meta: meta,
         listed: listed,
-        unreachable: MapSet.intersection(state.unreachable, listed),
+        # A node connected by others (its own strategy, OTP's global) is reachable, whatever
+        # our last connect to it said.
+        unreachable:
+          state.unreachable |> MapSet.intersection(listed) |> MapSet.difference(connected),
         jobs: jobs,
         retries: Enum.reduce(retry, state.retries, &:queue.in(&1, &2))
     }
@@ -253,6 +265,11 @@ defmodule ClusterSRV.Membership do
         end
     end
   end
+
+  defp pointless_retry?({node, {:connect, :queued, true}}, listed, connected),
+    do: not MapSet.member?(listed, node) or MapSet.member?(connected, node)
+
+  defp pointless_retry?(_job, _listed, _connected), do: false
 
   defp running_retries(state),
     do: Enum.count(state.jobs, &match?({_, {:connect, :running, true}}, &1))

@@ -65,12 +65,21 @@ defmodule ClusterSRV.Native do
   end
 
   defp not_loaded do
-    reason = :persistent_term.get(@load_error_key, :unknown)
+    case :persistent_term.get(@load_error_key, :unknown) do
+      # The code that held the library was deleted, and this code cannot load it again.
+      {:upgrade, _} ->
+        raise RuntimeError, """
+        the cluster_srv NIF cannot be loaded again in this VM: ClusterSRV.Native was reloaded \
+        after its old code, which still holds the library, was deleted, and rustler NIF \
+        libraries cannot be upgraded in a running VM. Restart the VM to load it.\
+        """
 
-    raise RuntimeError, """
-    the cluster_srv NIF is not loaded (#{inspect(reason)}).
-    Run `mix compile` (or `mix deps.compile libcluster_srv` in an app that depends on it) to build \
-    it with cargo; the library is installed at priv/native/cluster_srv.so.\
-    """
+      reason ->
+        raise RuntimeError, """
+        the cluster_srv NIF is not loaded (#{inspect(reason)}).
+        Run `mix compile` (or `mix deps.compile libcluster_srv` in an app that depends on it) to build \
+        it with cargo; the library is installed at priv/native/cluster_srv.so.\
+        """
+    end
   end
 end

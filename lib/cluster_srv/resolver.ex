@@ -46,7 +46,15 @@ defmodule ClusterSRV.Resolver do
   alias ClusterSRV.{Config, Native, Record}
 
   @enforce_keys [:ref, :nameservers, :timeout, :attempts]
-  defstruct [:ref, :nameservers, :timeout, :attempts, source: :nameservers, servers: []]
+  defstruct [
+    :ref,
+    :nameservers,
+    :timeout,
+    :attempts,
+    source: :nameservers,
+    servers: [],
+    system: nil
+  ]
 
   @typedoc """
   A configured resolver. Share it freely: lookups do not change it, and it keeps nothing
@@ -102,18 +110,21 @@ defmodule ClusterSRV.Resolver do
     nameservers = opts[:nameservers]
     terms = Enum.map(nameservers, &Config.nameserver_term!(&1, nameservers))
 
+    system = if terms == [], do: system_settings()
+
     {source, terms, search} =
-      case {terms, vm_settings()} do
-        {[], {[], _search}} -> {:resolv_conf, [], []}
-        {[], {vm_servers, search}} -> {:vm, vm_servers, search}
-        {terms, _vm} -> {:nameservers, terms, []}
+      case {terms, system} do
+        {[], {{[], _search}, _resolv_conf}} -> {:resolv_conf, [], []}
+        {[], {{vm_servers, search}, _resolv_conf}} -> {:vm, vm_servers, search}
+        {terms, nil} -> {:nameservers, terms, []}
       end
 
     # :inet_res tries a name with an embedded dot as it is first: ndots 1.
     case Native.resolver_new(terms, search, 1, opts[:timeout], opts[:attempts], deadline(opts)) do
       {:ok, ref} ->
         %{servers: servers} = Native.resolver_plan(ref)
-        {:ok, struct!(__MODULE__, [ref: ref, source: source, servers: servers] ++ opts)}
+        fields = [ref: ref, source: source, servers: servers, system: system]
+        {:ok, struct!(__MODULE__, fields ++ opts)}
 
       {:error, {:invalid_nameserver, index, why}} when source == :nameservers ->
         Config.invalid_nameserver!(Enum.at(nameservers, index), nameservers, why)
@@ -123,15 +134,55 @@ defmodule ClusterSRV.Resolver do
     end
   end
 
+  @doc """
+  The resolver to use now: `resolver` itself, or, when it took its servers from the VM's resolver
+  settings or resolv.conf and those have changed since it was built, a new one built the same
+  way. Its options are the same; the strategy calls this before every poll, as `:inet_res`
+  rereads resolv.conf before a query.
+
+      iex> {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"])
+      iex> ClusterSRV.Resolver.current(resolver) == resolver
+      true
+  """
+  @spec current(t()) :: t()
+  def current(%__MODULE__{system: nil} = resolver), do: resolver
+
+  def current(%__MODULE__{} = resolver) do
+    if system_settings() == resolver.system do
+      resolver
+    else
+      options = [nameservers: [], timeout: resolver.timeout, attempts: resolver.attempts]
+
+      case new(options) do
+        {:ok, fresh} -> fresh
+        # No server at all for now: keep asking the ones there were.
+        {:error, _} -> resolver
+      end
+    end
+  end
+
+  # What a resolver without `nameservers` was built from: the VM's resolver settings, and when
+  # and how resolv.conf was last written (hickory reads it when the VM gives no server).
+  defp system_settings do
+    resolv_conf =
+      case File.stat("/etc/resolv.conf", time: :posix) do
+        {:ok, stat} -> {stat.mtime, stat.size, stat.inode}
+        {:error, reason} -> reason
+      end
+
+    {vm_settings(), resolv_conf}
+  end
+
   # The VM's own resolver settings, refreshed from resolv.conf as :inet_res refreshes them
-  # before a query. Servers of a family or shape the native side does not take are left out.
+  # before a query (it rereads the file at most every 5 s, when it has changed). Servers the
+  # native side would not take (port 0, an odd address) are left out.
   defp vm_settings do
     if function_exported?(:inet_db, :res_update_conf, 0), do: :inet_db.res_update_conf()
 
     servers =
       for {ip, port} <-
             :inet_db.res_option(:nameservers) ++ :inet_db.res_option(:alt_nameservers),
-          is_integer(port),
+          is_integer(port) and port in 1..65_535,
           text = :inet.ntoa(ip),
           is_list(text),
           uniq: true,

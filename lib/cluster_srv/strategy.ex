@@ -243,11 +243,28 @@ defmodule ClusterSRV.Strategy do
   end
 
   defp start_lookup(state) do
+    before = state.lookup.resolver
+
     case Lookup.start(state.lookup) do
-      {:ok, lookup} -> %{state | lookup: lookup}
-      {:error, reason, lookup} -> lookup_done(%{state | lookup: lookup}, {:error, reason}, 0)
+      {:ok, lookup} ->
+        servers_changed(state, before, lookup.resolver)
+        %{state | lookup: lookup}
+
+      {:error, reason, lookup} ->
+        servers_changed(state, before, lookup.resolver)
+        lookup_done(%{state | lookup: lookup}, {:error, reason}, 0)
     end
   end
+
+  defp servers_changed(state, %{servers: old}, %{servers: new} = resolver) when old != new do
+    log(
+      state,
+      :info,
+      "now asking #{Enum.join(new, ", ")} (#{resolver.source}), not #{Enum.join(old, ", ")}"
+    )
+  end
+
+  defp servers_changed(_state, _before, _now), do: :ok
 
   defp lookup_done(state, result, duration) do
     {records, nodes} =

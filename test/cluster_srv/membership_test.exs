@@ -275,6 +275,23 @@ defmodule ClusterSRV.MembershipTest do
           assert MapSet.member?(state.meta, node), "#{context}: connected #{node} not in meta"
         end
 
+        # A known node DNS dropped, still connected, is being disconnected: nothing holds it
+        # up but a connect of ours to it still running (the answer after it ends disconnects
+        # the node, if the connect succeeded).
+        for node <- before.meta,
+            node not in nodes,
+            MapSet.member?(world.connected, node),
+            world.running[node] != :connect do
+          assert {:disconnect, node} in started or world.running[node] == :disconnect,
+                 "#{context}: #{node} was dropped, is connected, and is not disconnected"
+        end
+
+        # A node others connected is not unreachable, whatever our last connect said.
+        for node <- state.unreachable do
+          refute MapSet.member?(world.connected, node),
+                 "#{context}: connected #{node} unreachable"
+        end
+
         world = %{world | listed: MapSet.new(nodes), failure_kind: nil}
         after_event(world, state, actions, event, context)
     end
@@ -332,6 +349,10 @@ defmodule ClusterSRV.MembershipTest do
 
     assert retries == state.max_retries or waiting == [],
            "#{context}: #{inspect(waiting)} wait while only #{retries} retries run"
+
+    # The queue holds exactly the retries that wait, each once.
+    queued = for {node, {:connect, :queued, true}} <- state.jobs, do: node
+    assert Enum.sort(:queue.to_list(state.retries)) == Enum.sort(queued), "#{context}: queue"
 
     # The rules' own view of the jobs matches the jobs really running.
     for {node, kind} <- running do

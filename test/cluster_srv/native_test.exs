@@ -62,6 +62,27 @@ defmodule ClusterSRV.NativeTest do
     assert output =~ ~s|after: {:error, {:invalid_name, "x..y"}}|
   end
 
+  test "reloaded after its code was deleted, a call says to restart the VM, not to rebuild" do
+    script = """
+    {:ok, _} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:1"])
+    # The old code, deleted, still holds the library, which cannot be loaded twice.
+    true = :code.delete(ClusterSRV.Native)
+    IO.puts("load: " <> inspect(:code.load_file(ClusterSRV.Native)))
+    ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:1"])
+    """
+
+    {output, status} =
+      System.cmd("elixir", ["-pa", Path.join(Mix.Project.app_path(), "ebin"), "-e", script],
+        stderr_to_stdout: true
+      )
+
+    assert status != 0
+    assert output =~ "load: {:module, ClusterSRV.Native}"
+    assert output =~ "cannot be loaded again in this VM"
+    assert output =~ "Restart the VM"
+    refute output =~ "Run `mix compile`"
+  end
+
   @tag :tmp_dir
   test "without the library, a call explains how to build it", %{tmp_dir: tmp_dir} do
     # A copy of the app's code with no priv dir: what a user sees if the NIF was never built.

@@ -73,9 +73,15 @@ pub enum UdpReply {
 /// Sends `request` to `server` over UDP until an answer to it arrives or `deadline` passes.
 ///
 /// A datagram counts as the answer only if it comes from `server` (the socket is connected, so
-/// the kernel drops any other), carries the query's ID, and answers the query's question; any
-/// other is ignored, so a spoofed or stray one ends as a timeout if no real answer comes. A
-/// datagram that passes the ID check but cannot be decoded is a malformed answer.
+/// the kernel drops any other), is a response carrying the query's ID, and answers the query's
+/// question; any other is ignored, so a spoofed or stray one ends as a timeout if no real answer
+/// comes. A datagram that passes the ID check but cannot be decoded is a malformed answer,
+/// unless it has TC set: then the rest may have been cut anywhere, and the TCP answer, checked
+/// in full, is what counts.
+///
+/// When the server's host refuses the datagram (ICMP port unreachable: nothing listens there
+/// now), the query is sent again at the next resend, since a server that is restarting may be
+/// back by then; a refusal after the last send ends the exchange as `connection refused`.
 pub async fn udp(
     server: SocketAddr,
     request: &Request,
@@ -92,14 +98,17 @@ pub async fn udp(
     let mut buffer: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
     let mut sends = 0;
     let mut next_send = Instant::now();
+    let mut refused = false;
     loop {
         if sends < MAX_SENDS && Instant::now() >= next_send {
-            socket
-                .send(&request.bytes)
-                .await
-                .map_err(|error| io_error("cannot send the query", error))?;
             sends += 1;
             next_send += RESEND_AFTER;
+            match socket.send(&request.bytes).await {
+                Ok(_) => {}
+                // An earlier send's refusal, reported now.
+                Err(error) if error.kind() == ErrorKind::ConnectionRefused => refused = true,
+                Err(error) => return Err(io_error("cannot send the query", error)),
+            }
         }
         let wake = if sends < MAX_SENDS {
             next_send.min(deadline)
@@ -108,23 +117,53 @@ pub async fn udp(
         };
         buffer.clear();
         tokio::select! {
-            received = socket.recv_buf(&mut buffer) => {
-                received.map_err(|error| io_error("no answer", error))?;
-                if let Some(message) = matching(&buffer, request)? {
-                    return Ok(if message.metadata.truncation {
-                        UdpReply::Truncated
-                    } else {
-                        UdpReply::Answer(message)
-                    });
+            received = socket.recv_buf(&mut buffer) => match received {
+                Ok(_) => {
+                    if let Some(reply) = udp_reply(&buffer, request)? {
+                        return Ok(reply);
+                    }
                 }
-            }
+                Err(error) if error.kind() == ErrorKind::ConnectionRefused => {
+                    refused = true;
+                    if sends >= MAX_SENDS {
+                        return Err(refusal());
+                    }
+                }
+                Err(error) => return Err(io_error("no answer", error)),
+            },
             _ = tokio::time::sleep_until(wake) => {
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout);
+                    return Err(if refused { refusal() } else { Error::Timeout });
                 }
             }
         }
     }
+}
+
+fn refusal() -> Error {
+    Error::Io("connection refused".to_string())
+}
+
+/// The reply a datagram is, if it is one to `request`.
+fn udp_reply(bytes: &[u8], request: &Request) -> Result<Option<UdpReply>, Error> {
+    if !response_to(bytes, request) {
+        return Ok(None);
+    }
+    if bytes[2] & TC != 0 {
+        return Ok(Some(UdpReply::Truncated));
+    }
+    Ok(matching(bytes, request)?.map(UdpReply::Answer))
+}
+
+/// The header's QR bit (a response) and TC bit (truncated), in its third octet.
+const QR: u8 = 0x80;
+const TC: u8 = 0x02;
+
+/// Whether `bytes` hold a whole header of a response carrying `request`'s ID.
+fn response_to(bytes: &[u8], request: &Request) -> bool {
+    bytes.len() >= 12
+        && u16::from_be_bytes([bytes[0], bytes[1]]) == request.id
+        && bytes[2] & QR != 0
 }
 
 /// Sends `request` to `server` over a TCP connection of its own and reads the answer, all
@@ -189,11 +228,11 @@ async fn read_full(stream: &mut TcpStream, buffer: &mut [u8], when: &str) -> Res
 }
 
 /// Decodes `bytes` if they are the answer to `request`: `Ok(None)` for a message that is not
-/// (another ID, another question), an error for one with our ID that cannot be decoded.
+/// (not a response, another ID, another question), an error for a response with our ID that
+/// cannot be decoded.
 pub fn matching(bytes: &[u8], request: &Request) -> Result<Option<Message>, Error> {
-    match bytes.first_chunk::<2>() {
-        Some(id) if u16::from_be_bytes(*id) == request.id => {}
-        _ => return Ok(None),
+    if !response_to(bytes, request) {
+        return Ok(None);
     }
     let message = Message::from_vec(bytes)
         .map_err(|error| Error::Io(format!("malformed answer: {error}")))?;
@@ -269,7 +308,43 @@ mod tests {
         assert!(matches!(matching(&other_question, &ours), Ok(None)));
 
         assert!(matches!(matching(&[], &ours), Ok(None)));
-        assert!(matches!(matching(&answer[..1], &ours), Ok(None)));
+        assert!(matches!(matching(&answer[..11], &ours), Ok(None)));
+
+        // Our own query echoed back is not an answer.
+        assert!(matches!(matching(&ours.bytes, &ours), Ok(None)));
+    }
+
+    #[test]
+    fn a_truncated_answer_is_taken_as_truncated_however_it_was_cut() {
+        let ours = request();
+        let mut message = Message::response(ours.id, OpCode::Query);
+        message.queries = vec![ours.query.clone()];
+        message.metadata.truncation = true;
+        message.answers = (0..20)
+            .map(|i| {
+                let target = Name::from_str(&format!("pod-{i}.svc.ns.svc.cluster.local."))
+                    .expect("a valid name");
+                hickory_resolver::proto::rr::Record::from_rdata(
+                    ours.query.name.clone(),
+                    5,
+                    hickory_resolver::proto::rr::RData::SRV(
+                        hickory_resolver::proto::rr::rdata::SRV::new(0, 5, 4370, target),
+                    ),
+                )
+            })
+            .collect();
+        let whole = message.to_vec().expect("encodes");
+        // Cut in the middle of a record, its counts left as they were, as a middlebox would.
+        let cut = &whole[..whole.len() / 2];
+        assert!(Message::from_vec(cut).is_err());
+        assert!(matches!(
+            udp_reply(cut, &ours),
+            Ok(Some(UdpReply::Truncated))
+        ));
+        assert!(matches!(
+            udp_reply(&whole, &ours),
+            Ok(Some(UdpReply::Truncated))
+        ));
     }
 
     #[test]
