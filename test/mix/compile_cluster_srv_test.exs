@@ -48,6 +48,45 @@ defmodule Mix.Tasks.Compile.ClusterSrvTest do
            )
   end
 
+  # rustc compiles every crate for the target through the wrapper, which records its arguments
+  # and fails: no musl toolchain is needed to see the flags cargo passes for a musl target.
+  @tag :tmp_dir
+  test "for a musl target, the crate's cargo config reaches rustc, and a failure hints at musl",
+       %{tmp_dir: tmp_dir} do
+    wrapper = Path.join(tmp_dir, "rustc-wrapper")
+
+    File.write!(wrapper, """
+    #!/bin/sh
+    case " $* " in
+      *" --print"*|*" -vV "*) exec "$@" ;;                  # cargo's questions to rustc
+      *" --target "*) printf '%s\\n' "$*" >> "$0.args"; exit 1 ;;  # a crate for the target
+      *) exec "$@" ;;                                        # build scripts, proc macros
+    esac
+    """)
+
+    File.chmod!(wrapper, 0o755)
+
+    env = [
+      {"MIX_BUILD_PATH", Path.join(tmp_dir, "_build")},
+      {"CARGO_TARGET_DIR", Path.join(tmp_dir, "cargo")},
+      {"CARGO_BUILD_TARGET", "x86_64-unknown-linux-musl"},
+      {"RUSTC_WRAPPER", wrapper}
+    ]
+
+    {output, status} = mix(["compile"], env)
+    assert status != 0
+    assert output =~ "On a musl target (Alpine) a NIF must link the C library dynamically"
+
+    compiles =
+      (wrapper <> ".args")
+      |> File.read!()
+      |> String.split("\n", trim: true)
+      |> Enum.filter(&(&1 =~ "--target x86_64-unknown-linux-musl"))
+
+    assert compiles != []
+    assert Enum.all?(compiles, &(&1 =~ "-C target-feature=-crt-static"))
+  end
+
   describe "cargo's JSON messages" do
     test "decode to maps with string keys, lists, numbers, booleans and nil" do
       assert JSON.decode(~s({"reason":"compiler-artifact","filenames":["/a.so"],"fresh":true})) ==
