@@ -22,6 +22,10 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
   run at all. `mix compile --force` runs it anyway and recompiles the crate (not its
   dependencies).
 
+  `CLUSTER_SRV_NIF_PATH=/path/to/libcluster_srv.so` installs that prebuilt library instead, and
+  runs no cargo: cargo need not be installed. The path should be absolute, since
+  `mix deps.compile` runs in the dependency's directory.
+
   Every failure is a compiler diagnostic, never an exception; a Rust error names its file and
   line.
   """
@@ -32,6 +36,7 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
 
   @crate "cluster_srv"
   @manifest "compile.cluster_srv"
+  @prebuilt_env "CLUSTER_SRV_NIF_PATH"
 
   @impl true
   def run(args) do
@@ -39,7 +44,13 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
     root = Path.dirname(Mix.Project.project_file())
     force? = Keyword.get(opts, :force, false)
 
-    case build(root, force?) do
+    result =
+      case System.get_env(@prebuilt_env) do
+        path when path in [nil, ""] -> build(root, force?)
+        path -> install_prebuilt(Path.expand(path), force?)
+      end
+
+    case result do
       {:error, [summary | _] = diagnostics} ->
         Mix.shell().error(summary.message)
         {:error, diagnostics}
@@ -70,6 +81,71 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
   end
 
   defp manifest_path, do: Path.join(Mix.Project.manifest_path(), @manifest)
+
+  ## A prebuilt library
+
+  defp install_prebuilt(path, force?) do
+    with {:ok, stat} <- prebuilt_stat(path),
+         :ok <- shared_library(path) do
+      inputs = %{origin: {:prebuilt, path, stat.size, stat.mtime}}
+
+      if not force? and File.regular?(library_path()) and read_manifest() == {:ok, inputs} do
+        {:noop, []}
+      else
+        Mix.shell().info("Installing the prebuilt #{@crate} NIF from #{path} (#{@prebuilt_env})")
+
+        with :ok <- install(path, library_path()), :ok <- write_manifest(inputs) do
+          {:ok, []}
+        end
+      end
+    end
+  end
+
+  defp prebuilt_stat(path) do
+    case File.stat(path, time: :posix) do
+      {:ok, %{type: :regular} = stat} ->
+        {:ok, stat}
+
+      {:ok, %{type: type}} ->
+        error(
+          "#{@prebuilt_env} is #{inspect(path)}, which is a #{type}, not a file; expected the " <>
+            "path of a built lib#{@crate}.so",
+          path
+        )
+
+      {:error, reason} ->
+        error(
+          "#{@prebuilt_env} is #{inspect(path)}, which cannot be read " <>
+            "(#{:file.format_error(reason)}); expected the path of a built lib#{@crate}.so",
+          path
+        )
+    end
+  end
+
+  # Catches the likely mistakes (an archive, a directory listing, a script) at compile time;
+  # whether the library suits this VM is checked when it loads.
+  defp shared_library(path) do
+    case File.open(path, [:read, :binary], &IO.binread(&1, 4)) do
+      {:ok, <<0x7F, "ELF">>} ->
+        :ok
+
+      {:ok, <<magic::32>>} when magic in [0xFEEDFACE, 0xFEEDFACF, 0xCEFAEDFE, 0xCFFAEDFE] ->
+        :ok
+
+      {:ok, <<"MZ", _::binary>>} ->
+        :ok
+
+      {:ok, start} ->
+        error(
+          "#{@prebuilt_env} is #{inspect(path)}, which is not a shared library (it starts with " <>
+            "#{inspect(start)}); expected a built lib#{@crate}.so, not an archive of one",
+          path
+        )
+
+      {:error, reason} ->
+        error("#{@prebuilt_env} is #{inspect(path)}: #{:file.format_error(reason)}", path)
+    end
+  end
 
   ## Building with cargo
 
@@ -140,7 +216,8 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
 
             curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh
 
-        then make sure `cargo` is on the PATH and run `mix compile` again.
+        then make sure `cargo` is on the PATH and run `mix compile` again, or set \
+        #{@prebuilt_env} to a library built elsewhere.\
         """)
 
       cargo ->
@@ -385,13 +462,16 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
     end
   end
 
-  # Failures that belong to no Rust file are reported against the crate's Cargo.toml.
-  defp error(message), do: {:error, [diagnostic(message)]}
+  # Failures that belong to no Rust file are reported against the crate's Cargo.toml, or the
+  # prebuilt library.
+  defp error(message, file \\ nil), do: {:error, [diagnostic(message, file)]}
 
-  defp diagnostic(message) do
+  defp diagnostic(message, file \\ nil) do
     %Diagnostic{
       compiler_name: @crate,
-      file: Path.join(Path.dirname(Mix.Project.project_file()), "native/#{@crate}/Cargo.toml"),
+      file:
+        file ||
+          Path.join(Path.dirname(Mix.Project.project_file()), "native/#{@crate}/Cargo.toml"),
       message: String.trim_trailing(message),
       position: nil,
       severity: :error

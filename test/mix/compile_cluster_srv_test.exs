@@ -29,6 +29,7 @@ defmodule Mix.Tasks.Compile.ClusterSrvTest do
     assert status != 0
     assert output =~ "cargo was not found"
     assert output =~ "https://rustup.rs"
+    assert output =~ "CLUSTER_SRV_NIF_PATH"
   end
 
   @tag :tmp_dir
@@ -46,6 +47,39 @@ defmodule Mix.Tasks.Compile.ClusterSrvTest do
     refute File.exists?(
              Path.join(tmp_dir, "_build/lib/libcluster_srv/priv/native/cluster_srv.so")
            )
+  end
+
+  describe "CLUSTER_SRV_NIF_PATH" do
+    @describetag :tmp_dir
+
+    test "naming no file fails compile with a diagnostic that names it", %{tmp_dir: tmp_dir} do
+      missing = Path.join(tmp_dir, "libcluster_srv.so")
+      {output, status} = mix(["compile"], prebuilt_env(tmp_dir, missing))
+
+      assert status != 0
+      assert output =~ "CLUSTER_SRV_NIF_PATH is #{inspect(missing)}, which cannot be read"
+      assert output =~ "no such file or directory"
+    end
+
+    test "naming a directory fails compile with a diagnostic", %{tmp_dir: tmp_dir} do
+      {output, status} = mix(["compile"], prebuilt_env(tmp_dir, tmp_dir))
+
+      assert status != 0
+      assert output =~ "CLUSTER_SRV_NIF_PATH is #{inspect(tmp_dir)}, which is a directory"
+    end
+
+    test "naming an archive rather than a library fails compile", %{tmp_dir: tmp_dir} do
+      archive = Path.join(tmp_dir, "libcluster_srv.so.tar.gz")
+      :ok = :erl_tar.create(String.to_charlist(archive), [{~c"x", "data"}], [:compressed])
+      {output, status} = mix(["compile"], prebuilt_env(tmp_dir, archive))
+
+      assert status != 0
+      assert output =~ "which is not a shared library"
+    end
+
+    defp prebuilt_env(tmp_dir, path) do
+      [{"MIX_BUILD_PATH", Path.join(tmp_dir, "_build")}, {"CLUSTER_SRV_NIF_PATH", path}]
+    end
   end
 
   # rustc compiles every crate for the target through the wrapper, which records its arguments
