@@ -36,8 +36,9 @@ defmodule ClusterSRV.MixProject do
   defp package do
     [
       licenses: ["Apache-2.0"],
-      files: ~w(lib mix native/cluster_srv/src native/cluster_srv/Cargo.toml Cargo.toml Cargo.lock
-                mix.exs README.md .formatter.exs)
+      files: ~w(lib mix native/cluster_srv/src native/cluster_srv/Cargo.toml
+                native/cluster_srv/.cargo/config.toml Cargo.toml Cargo.lock mix.exs README.md
+                .formatter.exs)
     ]
   end
 end

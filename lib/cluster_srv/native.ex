@@ -77,9 +77,113 @@ defmodule ClusterSRV.Native do
       reason ->
         raise RuntimeError, """
         the cluster_srv NIF is not loaded (#{inspect(reason)}).
-        Run `mix compile` (or `mix deps.compile libcluster_srv` in an app that depends on it) to build \
-        it with cargo; the library is installed at priv/native/cluster_srv.so.\
+        #{load_failure(reason)}
+        This VM: OTP #{:erlang.system_info(:otp_release)}, NIF version \
+        #{:erlang.system_info(:nif_version)}, #{:erlang.system_info(:system_architecture)}.\
         """
     end
+  end
+
+  # Why the library did not load, in terms a user can act on: which file, what is wrong with it
+  # for this VM, and what to do. `reason` is what :erlang.load_nif/2 returned.
+  defp load_failure(reason) do
+    case :code.priv_dir(:libcluster_srv) do
+      {:error, _} ->
+        "The libcluster_srv application is not in the code path. " <> build_hint()
+
+      priv ->
+        file = Path.join(priv, "native/cluster_srv.so")
+        load_failure(reason, file, File.regular?(file) && elf_kind(file))
+    end
+  end
+
+  defp load_failure(_reason, file, false), do: "#{file} does not exist. " <> build_hint()
+
+  defp load_failure(reason, file, kind) do
+    text = reason |> inspect() |> String.replace("\\'", "'")
+    vm = elf_kind("/proc/self/exe")
+
+    cond do
+      kind != vm and is_tuple(kind) and is_tuple(vm) ->
+        "#{file} is a #{describe(kind)} ELF file, but this VM runs #{describe(vm)} code. " <>
+          rebuild_hint()
+
+      needed = Regex.run(~r/needs (erts-[\d.]+) or newer/, text) ->
+        "#{file} was built for a newer NIF version than this VM's: it needs " <>
+          "#{List.last(needed)} or newer, and this VM is erts-#{:erlang.system_info(:version)}. " <>
+          rebuild_hint()
+
+      text =~ "Failed to find library init function" ->
+        "#{file} is a shared library but not a NIF: build it with `--features nif`. " <>
+          rebuild_hint()
+
+      text =~ "Function not found" ->
+        "#{file} is a NIF from another version of libcluster_srv. " <> rebuild_hint()
+
+      # glibc's dlopen, then musl's, when a library the NIF links against is missing.
+      missing =
+          Regex.run(~r/([\w.+-]+\.so[\w.]*): cannot open shared object file/, text) ||
+            Regex.run(~r/Error loading shared library ([\w.+-]+)/, text) ->
+        missing_dependency(file, List.last(missing))
+
+      true ->
+        "#{file} exists but this VM could not load it. " <> rebuild_hint()
+    end
+  end
+
+  defp missing_dependency(file, library) do
+    if library == Path.basename(file) do
+      "#{file} could not be opened. " <> rebuild_hint()
+    else
+      musl =
+        if library =~ "musl", do: " That is musl's C library: it was built on Alpine.", else: ""
+
+      "#{file} needs #{library}, which this system does not have.#{musl} A NIF built against " <>
+        "glibc (Debian, Ubuntu) does not load on musl (Alpine), nor the other way round. " <>
+        rebuild_hint()
+    end
+  end
+
+  defp build_hint do
+    "Run `mix compile` (or `mix deps.compile libcluster_srv` in an app that depends on it) to " <>
+      "build it with cargo, or set CLUSTER_SRV_NIF_PATH to a prebuilt library when compiling; " <>
+      "the library is installed at priv/native/cluster_srv.so."
+  end
+
+  defp rebuild_hint do
+    "Build it for this VM and machine: `mix compile --force` where the VM runs, or set " <>
+      "CLUSTER_SRV_NIF_PATH, when compiling, to a library built from this version of the crate " <>
+      "for #{:erlang.system_info(:system_architecture)}."
+  end
+
+  # {class, byte order, machine} from an ELF header, or nil for anything else (or no file).
+  defp elf_kind(file) do
+    case File.open(file, [:read, :binary], &IO.binread(&1, 20)) do
+      {:ok, <<0x7F, "ELF", class, 1, _::binary-10, _type::16, machine::little-16>>} ->
+        {class, :little, machine}
+
+      {:ok, <<0x7F, "ELF", class, 2, _::binary-10, _type::16, machine::big-16>>} ->
+        {class, :big, machine}
+
+      _ ->
+        nil
+    end
+  end
+
+  @machines %{
+    3 => "x86",
+    8 => "MIPS",
+    20 => "PowerPC",
+    21 => "PowerPC 64",
+    22 => "S390",
+    40 => "ARM",
+    62 => "x86-64",
+    183 => "AArch64",
+    243 => "RISC-V"
+  }
+
+  defp describe({class, order, machine}) do
+    bits = %{1 => "32-bit", 2 => "64-bit"}[class] || "ELF class #{class}"
+    "#{bits} #{order}-endian #{@machines[machine] || "machine #{machine}"}"
   end
 end
