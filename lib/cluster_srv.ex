@@ -115,4 +115,112 @@ defmodule ClusterSRV do
   def start_link(opts) do
     raise ArgumentError, "expected ClusterSRV options as a keyword list, got: #{inspect(opts)}"
   end
+
+  @doc """
+  What a strategy knows, as a map. `topology_or_pid` is the strategy's pid, or its topology's
+  name: the `topology` option of `{ClusterSRV, opts}` (default `:cluster_srv`), or the key of a
+  libcluster topology.
+
+    * `:topology`, `:query`, `:node` - what it is, what it asks, and this node's name;
+    * `:last_lookup` - `%{at: DateTime.t(), result: :ok | {:error, reason}, duration_us: n}`,
+      or `nil` before the first lookup ends;
+    * `:listed` - the node names the latest successful answer listed;
+    * `:connected` - the nodes `list_nodes` shows that DNS lists or the strategy knows;
+    * `:connecting` - the nodes a connect of the strategy's is running for;
+    * `:unreachable` - each listed node whose last connect failed, with why;
+    * `:pending_removals` - each node DNS dropped whose removal waits for `prune_grace`, with
+      the monotonic time (ms) from which the next successful answer still missing it
+      disconnects it;
+    * `:self_listed` - whether the latest successful answer listed this node (`nil` before the
+      first), and `:leaving` - it was listed, and no longer is;
+    * `:failures` - lookups that failed in a row.
+
+  Returns `{:error, :not_found}` when no strategy runs under that name.
+
+      ClusterSRV.status(:myapp)
+      #=> %{listed: [:"myapp@myapp-0.myapp-headless.default.svc.cluster.local", ...],
+      #     connected: [...], last_lookup: %{at: ~U[...], result: :ok, duration_us: 412}, ...}
+  """
+  @spec status(atom() | pid()) :: map() | {:error, :not_found}
+  def status(topology_or_pid) do
+    case whereis(topology_or_pid) do
+      nil -> {:error, :not_found}
+      pid -> GenServer.call(pid, :status)
+    end
+  catch
+    :exit, {:noproc, _} -> {:error, :not_found}
+  end
+
+  @doc """
+  Waits until at least `min_nodes` nodes, this one included, are connected in the topology
+  (`status/1`'s `connected`), and returns `:ok`; or, after `timeout` ms, returns
+  `{:error, {:timeout, status}}` with the last status. Options: `:min_nodes` (required, a
+  positive integer) and `:timeout` (ms, default 30_000, or `:infinity`).
+
+      :ok = ClusterSRV.await(:myapp, min_nodes: 3, timeout: 60_000)
+
+  To start what needs the cluster (Mnesia, Horde) only once it is there, put
+  `{ClusterSRV.Await, topology: :myapp, min_nodes: 3, timeout: 60_000}` in the supervision tree
+  after the strategy and before them: its start returns when the cluster is there, and fails
+  the supervisor's start at the timeout, so the pod restarts rather than run alone.
+  """
+  @spec await(atom() | pid(), keyword()) :: :ok | {:error, {:timeout, map()}}
+  def await(topology_or_pid, opts) do
+    min_nodes = Keyword.fetch!(opts, :min_nodes)
+    timeout = Keyword.get(opts, :timeout, 30_000)
+
+    unless is_integer(min_nodes) and min_nodes > 0 do
+      raise ArgumentError,
+            "invalid value for :min_nodes: expected a positive integer (nodes, this one " <>
+              "included), got: #{inspect(min_nodes)}. Example: min_nodes: 3"
+    end
+
+    unless timeout == :infinity or (is_integer(timeout) and timeout >= 0) do
+      raise ArgumentError,
+            "invalid value for :timeout: expected a non-negative integer of milliseconds or " <>
+              ":infinity, got: #{inspect(timeout)}. Example: timeout: 30_000"
+    end
+
+    deadline = if timeout != :infinity, do: System.monotonic_time(:millisecond) + timeout
+    if Node.alive?(), do: :net_kernel.monitor_nodes(true)
+
+    try do
+      await_loop(topology_or_pid, min_nodes, deadline)
+    after
+      if Node.alive?(), do: :net_kernel.monitor_nodes(false)
+    end
+  end
+
+  # Checks again at every node event, and at least every 200 ms: a node another strategy or
+  # OTP's global connected counts as well as one of ours.
+  defp await_loop(topology_or_pid, min_nodes, deadline) do
+    status = status(topology_or_pid)
+
+    cond do
+      is_map(status) and length(status.connected) + 1 >= min_nodes ->
+        :ok
+
+      deadline && System.monotonic_time(:millisecond) >= deadline ->
+        {:error, {:timeout, status}}
+
+      true ->
+        wait =
+          if deadline, do: min(200, deadline - System.monotonic_time(:millisecond)), else: 200
+
+        receive do
+          {event, _node} when event in [:nodeup, :nodedown] -> :ok
+        after
+          max(wait, 0) -> :ok
+        end
+
+        await_loop(topology_or_pid, min_nodes, deadline)
+    end
+  end
+
+  defp whereis(pid) when is_pid(pid), do: pid
+
+  defp whereis(topology) when is_atom(topology),
+    do: Process.whereis(ClusterSRV.Strategy.registered_name(topology))
+
+  defp whereis(_other), do: nil
 end

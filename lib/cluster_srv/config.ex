@@ -23,7 +23,9 @@ defmodule ClusterSRV.Config do
     resolver_options: [],
     node_naming: :hostname,
     max_nodes: 1_000,
-    connect_timeout: 30_000
+    connect_timeout: 30_000,
+    prune: true,
+    prune_grace: 0
   ]
 
   @typedoc """
@@ -40,7 +42,9 @@ defmodule ClusterSRV.Config do
           resolver_options: keyword(),
           node_naming: :hostname | :ip,
           max_nodes: pos_integer(),
-          connect_timeout: pos_integer()
+          connect_timeout: pos_integer(),
+          prune: boolean(),
+          prune_grace: non_neg_integer()
         }
 
   @strategy_keys [
@@ -58,7 +62,9 @@ defmodule ClusterSRV.Config do
     :attempts,
     :node_naming,
     :max_nodes,
-    :connect_timeout
+    :connect_timeout,
+    :prune,
+    :prune_grace
   ]
 
   @default_timeout 2_000
@@ -115,7 +121,9 @@ defmodule ClusterSRV.Config do
       resolver_options: resolver_options,
       node_naming: optional(config, :node_naming, :hostname, &node_naming!/1),
       max_nodes: optional(config, :max_nodes, 1_000, &max_nodes!/1),
-      connect_timeout: optional(config, :connect_timeout, 30_000, &connect_timeout!/1)
+      connect_timeout: optional(config, :connect_timeout, 30_000, &connect_timeout!/1),
+      prune: optional(config, :prune, true, &prune!/1),
+      prune_grace: optional(config, :prune_grace, 0, &prune_grace!/1)
     }
 
     {validated, config |> Keyword.keys() |> Enum.uniq() |> Kernel.--(@strategy_keys)}
@@ -337,6 +345,29 @@ defmodule ClusterSRV.Config do
       ms,
       "a positive integer of milliseconds (the longest a connect or disconnect may take)",
       "connect_timeout: 30_000"
+    )
+  end
+
+  defp prune!(prune) when is_boolean(prune), do: prune
+
+  defp prune!(prune) do
+    invalid!(
+      :prune,
+      prune,
+      "true (disconnect nodes DNS no longer lists) or false (never disconnect because of DNS)",
+      "prune: true"
+    )
+  end
+
+  defp prune_grace!(ms) when is_integer(ms) and ms >= 0, do: ms
+
+  defp prune_grace!(ms) do
+    invalid!(
+      :prune_grace,
+      ms,
+      "a non-negative integer of milliseconds (how long a node may be missing from DNS " <>
+        "before it is disconnected)",
+      "prune_grace: 30_000"
     )
   end
 

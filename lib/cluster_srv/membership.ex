@@ -47,7 +47,7 @@ defmodule ClusterSRV.Membership do
 
       iex> state = ClusterSRV.Membership.new(self: :"app@a.svc", query: "svc.")
       iex> answer = {:ok, %{nodes: [:"app@a.svc", :"app@b.svc"], rejected: []}}
-      iex> {state, actions} = ClusterSRV.Membership.lookup_done(state, answer, [])
+      iex> {state, actions} = ClusterSRV.Membership.lookup_done(state, answer, [], 0)
       iex> for {:connect, node} <- actions, do: node
       [:"app@b.svc"]
       iex> {state, _} =
@@ -64,15 +64,26 @@ defmodule ClusterSRV.Membership do
     :query,
     context: [],
     max_retries: 16,
+    prune: true,
+    prune_grace: 0,
     meta: MapSet.new(),
     listed: MapSet.new(),
     jobs: %{},
     retries: :queue.new(),
-    unreachable: MapSet.new(),
+    unreachable: %{},
+    missing: %{},
     failure: nil,
     failures: 0,
-    rejections: MapSet.new()
+    rejections: MapSet.new(),
+    self_listed: nil,
+    was_listed: false,
+    leaving: false,
+    self_misses: 0,
+    self_warned: nil
   ]
+
+  # Successful, non-empty answers in a row without this node's name before it is checked.
+  @self_check_after 3
 
   @typedoc """
   What the rules know:
@@ -82,9 +93,16 @@ defmodule ClusterSRV.Membership do
     * `jobs` - per node, the job it has: `{:connect | :disconnect, :running | :queued}`, and
       whether it is a retry;
     * `retries` - the queue of retries waiting for room;
-    * `unreachable` - listed nodes whose last connect failed;
+    * `unreachable` - listed nodes whose last connect failed, each with why;
+    * `missing` - known nodes the answers stopped listing, each with when the first answer
+      that missed it came (monotonic ms): their removal waits for `prune_grace`;
     * `failure`, `failures` - the ongoing lookup failure, and how many polls in a row failed;
-    * `rejections` - the kinds of rejected target the latest answer had.
+    * `rejections` - the kinds of rejected target the latest answer had;
+    * `self_listed` - whether the latest successful answer listed this node (`nil` before
+      the first); `was_listed` - whether one ever did; `leaving` - it did, and the latest one
+      no longer does: the pod is terminating, and starts no new connects;
+    * `self_misses`, `self_warned` - successful answers in a row without this node, for the
+      self-check, and the causes it has warned about (`nil` until it ran).
   """
   @type t :: %__MODULE__{
           self: node(),
@@ -95,15 +113,24 @@ defmodule ClusterSRV.Membership do
           listed: MapSet.t(node()),
           jobs: %{node() => {:connect | :disconnect, :running | :queued, boolean()}},
           retries: :queue.queue(node()),
-          unreachable: MapSet.t(node()),
+          unreachable: %{node() => term()},
+          missing: %{node() => integer()},
+          prune: boolean(),
+          prune_grace: non_neg_integer(),
           failure: term(),
           failures: non_neg_integer(),
-          rejections: MapSet.t(atom())
+          rejections: MapSet.t(atom()),
+          self_listed: boolean() | nil,
+          was_listed: boolean(),
+          leaving: boolean(),
+          self_misses: non_neg_integer(),
+          self_warned: MapSet.t(atom()) | nil
         }
 
   @type action ::
           {:connect, node()}
           | {:disconnect, node()}
+          | :self_check
           | {:log, :debug | :info | :warning, String.t() | (() -> String.t())}
           | {:emit, [atom()], map(), map()}
 
@@ -113,7 +140,8 @@ defmodule ClusterSRV.Membership do
   @doc """
   New rules. Options: `:self` (this node), `:query` (the name asked, for the logs), `:context`
   (`domain:` and `max_nodes:`, for the wording of rejections), `:meta` (libcluster's initial
-  meta, a `MapSet`) and `:max_retries` (default 16).
+  meta, a `MapSet`), `:max_retries` (default 16), `:prune` (default `true`) and `:prune_grace`
+  (ms, default 0).
   """
   @spec new(keyword()) :: t()
   def new(opts) do
@@ -133,9 +161,12 @@ defmodule ClusterSRV.Membership do
   def outcome({:ok, %{nodes: [_ | _]}}), do: :ok
   def outcome({:error, reason}), do: {:error, reason}
 
-  @doc "A lookup ended with `result`, and `list_nodes` shows `connected`."
-  @spec lookup_done(t(), lookup_result(), [node()]) :: {t(), [action()]}
-  def lookup_done(state, result, connected) do
+  @doc """
+  A lookup ended with `result` at `now` (monotonic ms, the caller's clock), and `list_nodes`
+  shows `connected`.
+  """
+  @spec lookup_done(t(), lookup_result(), [node()], integer()) :: {t(), [action()]}
+  def lookup_done(state, result, connected, now) do
     {state, logged} =
       case result do
         {:ok, %{rejected: rejected}} -> rejections(state, rejected)
@@ -146,8 +177,9 @@ defmodule ClusterSRV.Membership do
       case {outcome(result), result} do
         {:ok, {:ok, %{nodes: nodes}}} ->
           {state, recovered} = recovery(state)
-          {state, changes} = apply_answer(state, nodes, MapSet.new(connected))
-          {state, recovered ++ changes}
+          {state, listing} = self_listing(state, nodes)
+          {state, changes} = apply_answer(state, nodes, MapSet.new(connected), now)
+          {state, recovered ++ listing ++ changes}
 
         {{:error, reason}, _} ->
           failure(state, reason)
@@ -171,7 +203,7 @@ defmodule ClusterSRV.Membership do
 
   # -- A successful answer ------------------------------------------------------------------------
 
-  defp apply_answer(state, nodes, connected) do
+  defp apply_answer(state, nodes, connected, now) do
     listed = MapSet.new(nodes)
     me = state.self
     # A queued retry of a node now connected by others, or no longer listed, is pointless: it
@@ -182,12 +214,16 @@ defmodule ClusterSRV.Membership do
     state = %{state | jobs: Map.new(jobs), retries: retries}
     removed = MapSet.difference(state.meta, listed)
 
-    to_disconnect =
+    # Known nodes DNS dropped that are connected and free: removed now, or kept while
+    # prune_grace runs, or always with prune: false.
+    dropped =
       for node <- removed,
           MapSet.member?(connected, node),
           node != me,
           not Map.has_key?(state.jobs, node),
           do: node
+
+    {to_disconnect, kept, missing, removal_events} = removals(state, dropped, listed, now)
 
     to_connect =
       nodes
@@ -198,16 +234,20 @@ defmodule ClusterSRV.Membership do
     # libcluster keeps the node for the next answer to try again.
     disconnecting = for node <- removed, match?({:disconnect, _, _}, state.jobs[node]), do: node
 
-    # libcluster's meta: the listed nodes known or connected, and those being disconnected.
+    # libcluster's meta: the listed nodes known or connected, those being disconnected, and
+    # those whose removal waits.
     meta =
       listed
       |> MapSet.intersection(MapSet.union(state.meta, connected))
-      |> MapSet.union(MapSet.new(to_disconnect ++ disconnecting))
+      |> MapSet.union(MapSet.new(to_disconnect ++ disconnecting ++ kept))
       |> MapSet.delete(me)
+
+    # A leaving node (its pod terminating) starts no new connects.
+    to_connect = if state.leaving, do: [], else: to_connect
 
     # Connects to nodes not tried yet (or that last succeeded) and disconnects start at once;
     # connects to nodes whose last connect failed wait as retries.
-    {retry, fresh} = Enum.split_with(to_connect, &MapSet.member?(state.unreachable, &1))
+    {retry, fresh} = Enum.split_with(to_connect, &Map.has_key?(state.unreachable, &1))
 
     jobs =
       state.jobs
@@ -222,7 +262,10 @@ defmodule ClusterSRV.Membership do
         # A node connected by others (its own strategy, OTP's global) is reachable, whatever
         # our last connect to it said.
         unreachable:
-          state.unreachable |> MapSet.intersection(listed) |> MapSet.difference(connected),
+          Map.filter(state.unreachable, fn {node, _} ->
+            MapSet.member?(listed, node) and not MapSet.member?(connected, node)
+          end),
+        missing: missing,
         jobs: jobs,
         retries: Enum.reduce(retry, state.retries, &:queue.in(&1, &2))
     }
@@ -238,12 +281,56 @@ defmodule ClusterSRV.Membership do
 
     {state,
      [debug] ++
+       removal_events ++
        Enum.map(to_disconnect, &{:disconnect, &1}) ++
        Enum.map(fresh, &{:connect, &1}) ++ started}
   end
 
+  # Which dropped nodes are disconnected now, and which are kept: with prune: false all of
+  # them, with prune_grace those missing from the answers for less than it. A node listed
+  # again is no longer missing; a node that is neither dropped nor missing is forgotten.
+  defp removals(%{prune: false} = state, dropped, _listed, now) do
+    {[], dropped, Map.new(dropped, &{&1, Map.get(state.missing, &1, now)}), []}
+  end
+
+  defp removals(state, dropped, _listed, now) do
+    Enum.reduce(dropped, {[], [], %{}, []}, fn node, {now_, kept, missing, events} ->
+      since = Map.get(state.missing, node, now)
+      waited = now - since
+
+      cond do
+        waited >= state.prune_grace ->
+          event = {:emit, [:cluster_srv, :removal, :done], %{missing_ms: waited}, %{node: node}}
+
+          {[node | now_], kept, missing, events ++ [event]}
+
+        Map.has_key?(state.missing, node) ->
+          {now_, [node | kept], Map.put(missing, node, since), events}
+
+        true ->
+          due = since + state.prune_grace
+
+          events =
+            events ++
+              [
+                {:emit, [:cluster_srv, :removal, :deferred], %{grace_ms: state.prune_grace},
+                 %{node: node, due: due}},
+                {:log, :info,
+                 "#{inspect(node)} is no longer listed; disconnecting it in " <>
+                   "#{state.prune_grace} ms (prune_grace) unless DNS lists it again"}
+              ]
+
+          {now_, [node | kept], Map.put(missing, node, since), events}
+      end
+    end)
+    |> then(fn {now_, kept, missing, events} ->
+      {Enum.reverse(now_), Enum.reverse(kept), missing, events}
+    end)
+  end
+
   # Starts queued retries while fewer than max_retries run; drops those whose node the latest
   # answer no longer lists.
+  defp dispatch(%{leaving: true} = state), do: {state, []}
   defp dispatch(state), do: dispatch(state, running_retries(state), [])
 
   defp dispatch(state, running, started) when running >= state.max_retries,
@@ -280,7 +367,7 @@ defmodule ClusterSRV.Membership do
     {%{
        state
        | meta: MapSet.put(state.meta, node),
-         unreachable: MapSet.delete(state.unreachable, node)
+         unreachable: Map.delete(state.unreachable, node)
      },
      [
        {:emit, [:libcluster, :connect_node, :ok], %{duration: duration}, %{node: node}},
@@ -297,12 +384,12 @@ defmodule ClusterSRV.Membership do
       end
 
     # A node that stays unreachable is reported once, then at debug level until it connects.
-    level = if MapSet.member?(state.unreachable, node), do: :debug, else: :warning
+    level = if Map.has_key?(state.unreachable, node), do: :debug, else: :warning
 
     {%{
        state
        | meta: MapSet.delete(state.meta, node),
-         unreachable: MapSet.put(state.unreachable, node)
+         unreachable: Map.put(state.unreachable, node, unreachable_reason(outcome))
      },
      [
        {:emit, [:libcluster, :connect_node, :error], %{}, %{node: node, reason: reason}},
@@ -342,6 +429,13 @@ defmodule ClusterSRV.Membership do
      ]}
   end
 
+  # Why a node is unreachable, as status/1 shows it.
+  defp unreachable_reason({:returned, false, _}), do: :unreachable
+  defp unreachable_reason({:returned, :ignored, _}), do: :not_part_of_network
+  defp unreachable_reason({:returned, value, _}), do: {:returned, value}
+  defp unreachable_reason(:timed_out), do: :timeout
+  defp unreachable_reason({:crashed, reason}), do: {:crashed, reason}
+
   defp odd_reason({:returned, value, _}), do: value
   defp odd_reason(:timed_out), do: :timeout
   defp odd_reason({:crashed, reason}), do: reason
@@ -349,6 +443,101 @@ defmodule ClusterSRV.Membership do
   defp describe_odd({:returned, value, _}), do: "returned #{inspect(value)}"
   defp describe_odd(:timed_out), do: "did not return within connect_timeout and was stopped"
   defp describe_odd({:crashed, reason}), do: "crashed: #{inspect(reason)}"
+
+  # -- This node's own name -----------------------------------------------------------------------
+
+  # A pod whose name DNS listed and no longer lists is terminating: it starts no new connects.
+  # A node whose name the answers never list is misnamed, or DNS is: after a few answers it is
+  # checked (the :self_check action; see self_check_done/2).
+  defp self_listing(state, nodes) do
+    cond do
+      state.self in nodes ->
+        logs =
+          if(state.leaving,
+            do: [{:log, :info, "this node is listed again: connecting as before"}],
+            else: []
+          ) ++
+            if state.self_warned != nil,
+              do: [{:log, :info, "this node is listed now, as #{inspect(state.self)}"}],
+              else: []
+
+        {%{
+           state
+           | self_listed: true,
+             was_listed: true,
+             leaving: false,
+             self_misses: 0,
+             self_warned: nil
+         }, logs}
+
+      state.was_listed ->
+        logs =
+          if state.leaving,
+            do: [],
+            else: [
+              {:log, :info,
+               "this node (#{inspect(state.self)}) is no longer listed: its pod is leaving, so " <>
+                 "it starts no new connects"}
+            ]
+
+        {%{state | self_listed: false, leaving: true}, logs}
+
+      true ->
+        misses = state.self_misses + 1
+        check? = misses == @self_check_after and state.self != :nonode@nohost
+
+        {%{state | self_listed: false, self_misses: misses},
+         if(check?, do: [:self_check], else: [])}
+    end
+  end
+
+  @doc """
+  The self-check found `causes` for this node's name missing from the answers: each a map with
+  `:cause` (an atom), `:message` and `:dialed` (what the others dial for this pod, or `nil`).
+  Each cause is warned about once, until the node is listed.
+  """
+  @spec self_check_done(t(), [%{cause: atom(), message: String.t(), dialed: String.t() | nil}]) ::
+          {t(), [action()]}
+  def self_check_done(%{self_listed: true} = state, _causes), do: {state, []}
+
+  def self_check_done(state, causes) do
+    warned = state.self_warned || MapSet.new()
+
+    actions =
+      for %{cause: cause} = found <- causes, not MapSet.member?(warned, cause) do
+        [
+          {:log, :warning, found.message},
+          {:emit, [:cluster_srv, :self_check], %{misses: state.self_misses},
+           %{node: state.self, cause: cause, dialed: found.dialed}}
+        ]
+      end
+
+    {%{state | self_warned: MapSet.union(warned, MapSet.new(causes, & &1.cause))},
+     List.flatten(actions)}
+  end
+
+  @doc """
+  What the rules know, for `ClusterSRV.status/1`: `listed`, `connecting`, `unreachable` (each
+  node with why), `pending_removals` (each node with the monotonic time, in ms, from which the
+  next successful answer that still misses it disconnects it), `self_listed`, `leaving` and
+  `failures`.
+  """
+  @spec status(t()) :: map()
+  def status(state) do
+    %{
+      listed: state.listed |> MapSet.to_list() |> Enum.sort(),
+      connecting: for({node, {:connect, :running, _}} <- state.jobs, do: node) |> Enum.sort(),
+      unreachable: state.unreachable,
+      pending_removals:
+        if(state.prune,
+          do: Map.new(state.missing, fn {node, since} -> {node, since + state.prune_grace} end),
+          else: %{}
+        ),
+      self_listed: state.self_listed,
+      leaving: state.leaving,
+      failures: state.failures
+    }
+  end
 
   # -- Failures and rejections, each logged once while it lasts -----------------------------------
 

@@ -67,6 +67,8 @@ defmodule ClusterSRV.Strategy do
   | `node_naming` | `:hostname` | `:hostname` (`app@target`) or `:ip` (`app@<pod IP>`) |
   | `max_nodes` | `1_000` | the most node names taken from one answer |
   | `connect_timeout` | `30_000` | ms a connect or disconnect may take before it is stopped and counted as a failure |
+  | `prune` | `true` | `false`: never disconnect a node because DNS no longer lists it |
+  | `prune_grace` | `0` | ms a node must be missing from successful answers before it is disconnected |
 
   ## A StatefulSet behind a headless service
 
@@ -102,22 +104,62 @@ defmodule ClusterSRV.Strategy do
   `endpoint_pod_names`, targets are dashed IPs; name the nodes `myapp@$(POD_IP)` and set
   `node_naming: :ip` instead.
 
+  ## Rolling deploys and leaving
+
+  With `prune_grace: ms`, a node DNS no longer lists stays connected until it has been missing
+  from successful answers that long (and from at least one of them), so a draining pod is not
+  torn down the instant DNS drops it; `prune: false` never disconnects because of DNS, as
+  Phoenix's dns_cluster does. When this node's own name was listed and drops out of a
+  successful answer (its pod is terminating), it starts no new connects. On a normal shutdown
+  (the app stopping on SIGTERM) a distributed node leaves with `:global.disconnect/0`, so that
+  the others do not see an overlapping partition.
+
+  ## The self-check
+
+  When the node is distributed and its own name is missing from 3 successful, non-empty answers
+  in a row, and was never listed, the strategy looks up once more and warns, once per cause,
+  what this node is called, what the other nodes dial for it instead, and the likely cause: a
+  `RELEASE_NODE` that is not `app@$(hostname -f)`, dashed-IP targets (CoreDNS's
+  `endpoint_pod_names` off), short names, or a service that is not headless. A line says when it
+  is listed again. See `ClusterSRV.SelfCheck`.
+
   ## Logs and telemetry
 
   Logs carry libcluster's prefix, `[libcluster:<topology>]`; debug lines appear only with
   `config :libcluster, debug: true`. When `:telemetry` is loaded (libcluster brings it), the
   strategy emits libcluster's `[:libcluster, :connect_node | :disconnect_node, :ok | :error]`
-  events with the same measurements and metadata, and for each lookup
-  `[:cluster_srv, :lookup]` with measurements `%{duration: native_time, records: count,
-  nodes: count}` and metadata `%{topology: t, query: name, result: :ok | {:error, reason}}`.
+  events with the same measurements and metadata, and:
+
+    * `[:cluster_srv, :lookup]` for each lookup, with measurements `%{duration: native_time,
+      records: count, nodes: count}` and metadata `%{topology: t, query: name, result: :ok |
+      {:error, reason}}`;
+    * `[:cluster_srv, :removal, :deferred]` when a node DNS dropped waits for `prune_grace`:
+      `%{grace_ms: ms}`, `%{topology: t, node: node, due: monotonic_ms}`;
+    * `[:cluster_srv, :removal, :done]` when a node DNS dropped is disconnected:
+      `%{missing_ms: ms}`, `%{topology: t, node: node}`;
+    * `[:cluster_srv, :self_check]` for each cause the self-check warns about:
+      `%{misses: count}`, `%{topology: t, node: node, cause: atom, dialed: name | nil}`.
+
+  `ClusterSRV.status/1` says what the strategy knows, `ClusterSRV.await/2` waits for the
+  cluster; a strategy started by libcluster's `Cluster.Supervisor` is found by its topology's
+  name.
   """
   use GenServer
 
   require Logger
 
-  alias ClusterSRV.{Config, Connector, Lookup, Membership, Record, Topology}
+  alias ClusterSRV.{Config, Connector, Lookup, Membership, Record, SelfCheck, Topology}
 
-  defstruct [:topology, :lookup, :connector, :membership, :timer, telemetry?: false]
+  defstruct [
+    :topology,
+    :lookup,
+    :connector,
+    :membership,
+    :timer,
+    :last_lookup,
+    :self_check,
+    telemetry?: false
+  ]
 
   @doc false
   def child_spec(args) do
@@ -163,6 +205,11 @@ defmodule ClusterSRV.Strategy do
     with {:ok, found} <- Lookup.discover(config), do: {:ok, Map.put(found, :query, config.query)}
   end
 
+  @doc false
+  # The name a strategy of `topology` registers under, so that ClusterSRV.status/1 and
+  # ClusterSRV.await/2 find strategies started by libcluster's Cluster.Supervisor.
+  def registered_name(topology) when is_atom(topology), do: Module.concat(__MODULE__, topology)
+
   # -- Start -----------------------------------------------------------------------------------
 
   @doc false
@@ -190,10 +237,14 @@ defmodule ClusterSRV.Strategy do
           self: Node.self(),
           query: config.query,
           context: [domain: config.domain, max_nodes: config.max_nodes],
-          meta: topology.meta
+          meta: topology.meta,
+          prune: config.prune,
+          prune_grace: config.prune_grace
         ),
       telemetry?: telemetry_available?()
     }
+
+    register(state)
 
     # Jobs and the user's resolver function run in linked processes, so that they end with the
     # strategy; trapping exits turns their ends into messages, which are ignored here (their
@@ -207,7 +258,23 @@ defmodule ClusterSRV.Strategy do
     {:ok, state, {:continue, :poll}}
   end
 
+  # One strategy per topology name can be found by it; a second one still runs, by pid only.
+  defp register(state) do
+    Process.register(self(), registered_name(state.topology.name))
+  rescue
+    ArgumentError ->
+      log(
+        state,
+        :warning,
+        "another strategy of this topology runs in this VM; ClusterSRV.status/1 finds that " <>
+          "one by the topology's name, and this one by its pid"
+      )
+  end
+
   # -- Events in -------------------------------------------------------------------------------
+
+  @impl true
+  def handle_call(:status, _from, state), do: {:reply, status(state), state}
 
   @impl true
   def handle_continue(:poll, state), do: {:noreply, start_lookup(state)}
@@ -215,6 +282,11 @@ defmodule ClusterSRV.Strategy do
   @impl true
   def handle_info({:poll, timer}, %{timer: timer} = state),
     do: {:noreply, start_lookup(%{state | timer: nil})}
+
+  def handle_info({:cluster_srv_self_check, ref, causes}, %{self_check: {ref, _pid}} = state) do
+    {membership, actions} = Membership.self_check_done(state.membership, causes)
+    {:noreply, perform(%{state | membership: membership, self_check: nil}, actions)}
+  end
 
   def handle_info(message, state) do
     case Lookup.handle_info(state.lookup, message) do
@@ -267,6 +339,14 @@ defmodule ClusterSRV.Strategy do
   defp servers_changed(_state, _before, _now), do: :ok
 
   defp lookup_done(state, result, duration) do
+    now = System.monotonic_time(:millisecond)
+
+    last = %{
+      at: DateTime.utc_now(),
+      result: Membership.outcome(result),
+      duration_us: System.convert_time_unit(duration, :native, :microsecond)
+    }
+
     {records, nodes} =
       case result do
         {:ok, %{records: records, nodes: nodes}} -> {records, length(nodes)}
@@ -279,9 +359,9 @@ defmodule ClusterSRV.Strategy do
     })
 
     connected = Topology.list_nodes(state.topology)
-    {membership, actions} = Membership.lookup_done(state.membership, result, connected)
+    {membership, actions} = Membership.lookup_done(state.membership, result, connected, now)
 
-    %{state | membership: membership}
+    %{state | membership: membership, last_lookup: last}
     |> perform(actions)
     |> schedule_poll()
   end
@@ -301,6 +381,11 @@ defmodule ClusterSRV.Strategy do
   defp perform_one({kind, node}, state) when kind in [:connect, :disconnect],
     do: %{state | connector: Connector.start(state.connector, kind, node)}
 
+  defp perform_one(:self_check, %{self_check: nil} = state),
+    do: %{state | self_check: start_self_check(state)}
+
+  defp perform_one(:self_check, state), do: state
+
   defp perform_one({:log, level, message}, state) do
     log(state, level, message)
     state
@@ -310,6 +395,70 @@ defmodule ClusterSRV.Strategy do
     emit(state, event, measurements, metadata)
     state
   end
+
+  # Looks up once more, with the records this time, and says why this node's name is missing.
+  # It runs in a linked process of its own, bounded as a lookup is.
+  defp start_self_check(state) do
+    config = state.topology.config
+    strategy = self()
+    ref = make_ref()
+    me = Node.self()
+    wait = ClusterSRV.Resolver.reply_timeout(config.resolver_options, fill_addresses: true)
+
+    pid =
+      spawn_link(fn ->
+        task = Task.async(fn -> Lookup.discover(config) end)
+
+        causes =
+          case Task.yield(task, wait) || Task.shutdown(task, :brutal_kill) do
+            {:ok, {:ok, found}} -> SelfCheck.diagnose(me, config, found, SelfCheck.host())
+            _ -> []
+          end
+
+        send(strategy, {:cluster_srv_self_check, ref, causes})
+      end)
+
+    {ref, pid}
+  end
+
+  # -- Status and leaving ------------------------------------------------------------------------
+
+  defp status(state) do
+    known = Membership.status(state.membership)
+    tracked = MapSet.union(state.membership.meta, state.membership.listed)
+
+    connected =
+      for node <- Topology.list_nodes(state.topology), MapSet.member?(tracked, node), do: node
+
+    Map.merge(known, %{
+      topology: state.topology.name,
+      query: state.topology.config.query,
+      node: Node.self(),
+      last_lookup: state.last_lookup,
+      connected: Enum.sort(connected)
+    })
+  end
+
+  # On a normal shutdown (the app stopping, as on SIGTERM), a distributed node leaves with
+  # :global.disconnect/0, which tells the others it is leaving, so that they do not see an
+  # overlapping partition and disconnect one another.
+  @impl true
+  def terminate(reason, state) do
+    if Node.self() != :nonode@nohost and normal?(reason) and
+         function_exported?(:global, :disconnect, 0) do
+      left = :global.disconnect()
+
+      log(
+        state,
+        :info,
+        "leaving the cluster on shutdown: disconnected from #{length(left)} node(s) with :global.disconnect/0"
+      )
+    end
+
+    :ok
+  end
+
+  defp normal?(reason), do: reason in [:normal, :shutdown] or match?({:shutdown, _}, reason)
 
   # libcluster's logs: the [libcluster:<topology>] prefix, and debug lines only with
   # `config :libcluster, debug: true`. A debug message may be a function, so that a poll builds

@@ -855,6 +855,126 @@ defmodule ClusterSRV.StrategyTest do
     end
   end
 
+  describe "status and await" do
+    test "status/1 finds the strategy by its topology or pid, and says what it knows" do
+      topology = :"status_#{System.unique_integer([:positive])}"
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {pid, _probe} = start(config(resolver), topology: topology)
+      await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+
+      status = ClusterSRV.status(topology)
+      assert status == ClusterSRV.status(pid)
+      assert status.query == "myapp-headless.default.svc.cluster.local."
+      assert status.listed == [node_name(0), node_name(1)]
+      assert status.connected == [node_name(0), node_name(1)]
+      assert status.connecting == []
+      assert %{result: :ok, at: %DateTime{}, duration_us: us} = status.last_lookup
+      assert is_integer(us)
+      assert status.failures == 0
+      assert ClusterSRV.status(:no_such_topology) == {:error, :not_found}
+    end
+
+    test "unreachable nodes are listed with why" do
+      topology = :"status_#{System.unique_integer([:positive])}"
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+
+      capture_log(fn ->
+        {_pid, _probe} =
+          start(config(resolver), topology: topology, results: %{node_name(0) => false})
+
+        assert_receive {:probe, :connect, _, _}, 1_000
+        Process.sleep(50)
+        assert ClusterSRV.status(topology).unreachable == %{node_name(0) => :unreachable}
+      end)
+    end
+
+    test "await/2 returns once enough nodes are connected, and times out with the status" do
+      topology = :"await_#{System.unique_integer([:positive])}"
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {_pid, _probe} = start(config(resolver), topology: topology, delay: 300)
+
+      assert {:error, {:timeout, status}} = ClusterSRV.await(topology, min_nodes: 3, timeout: 100)
+      assert status.connecting == [node_name(0), node_name(1)]
+      assert ClusterSRV.await(topology, min_nodes: 3, timeout: 2_000) == :ok
+
+      assert {:error, {:timeout, %{connected: [_, _]}}} =
+               ClusterSRV.await(topology, min_nodes: 4, timeout: 300)
+    end
+
+    test "await/2 names a bad option" do
+      assert_raise ArgumentError, ~r/invalid value for :min_nodes.*got: 0/, fn ->
+        ClusterSRV.await(:x, min_nodes: 0)
+      end
+    end
+
+    test "ClusterSRV.Await holds up its supervisor until the cluster is there" do
+      topology = :"await_#{System.unique_integer([:positive])}"
+      {_dns, resolver} = fake_dns(hostent([target(0)]))
+      {_pid, _probe} = start(config(resolver), topology: topology, delay: 200)
+
+      {elapsed, {:ok, sup}} =
+        :timer.tc(fn ->
+          Supervisor.start_link(
+            [{ClusterSRV.Await, topology: topology, min_nodes: 2, timeout: 2_000}],
+            strategy: :one_for_one
+          )
+        end)
+
+      assert elapsed >= 150_000
+      assert Supervisor.which_children(sup) == []
+
+      Process.flag(:trap_exit, true)
+
+      assert {:error, {:shutdown, {:failed_to_start_child, _id, {:cluster_not_formed, status}}}} =
+               Supervisor.start_link(
+                 [{ClusterSRV.Await, topology: topology, min_nodes: 5, timeout: 100}],
+                 strategy: :one_for_one
+               )
+
+      assert [_] = status.connected
+    end
+  end
+
+  describe "removal policy" do
+    test "with prune_grace, a node DNS dropped stays connected that long, then is disconnected" do
+      topology = :"prune_#{System.unique_integer([:positive])}"
+      {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+
+      capture_log(fn ->
+        {pid, _probe} = start(config(resolver, prune_grace: 600), topology: topology)
+        await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+        Agent.update(dns, fn _ -> hostent([target(0)]) end)
+        dropped = node_name(1)
+        started = System.monotonic_time(:millisecond)
+        Process.sleep(2 * @interval)
+        assert %{^dropped => _due} = ClusterSRV.status(topology).pending_removals
+        assert_receive {:probe, :disconnect, ^dropped, at}, 2_000
+        assert at - started >= 600
+        assert ClusterSRV.status(topology).pending_removals == %{}
+      end)
+    end
+
+    test "with prune: false, a node DNS dropped is never disconnected" do
+      {dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {pid, _probe} = start(config(resolver, prune: false))
+      await_meta(pid, MapSet.new([node_name(0), node_name(1)]))
+      Agent.update(dns, fn _ -> hostent([target(0)]) end)
+      refute_receive {:probe, :disconnect, _, _}, 10 * @interval
+    end
+
+    test "prune and prune_grace are validated" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      assert_raise ArgumentError, ~r/invalid value for :prune_grace: .*got: -1/, fn ->
+        start(config(resolver, prune_grace: -1))
+      end
+
+      assert_raise ArgumentError, ~r/invalid value for :prune: .*got: "no"/, fn ->
+        start(config(resolver, prune: "no"))
+      end
+    end
+  end
+
   describe "the resolver function" do
     test "its records are sorted, so every pod takes the same max_nodes from a rotating answer" do
       targets = for i <- 0..9, do: target(i)

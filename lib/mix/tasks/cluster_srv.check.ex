@@ -23,6 +23,15 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   Exit status: 0 when the lookup succeeded and at least one node name came out; 1 otherwise; 2
   for a usage error, such as a missing required flag.
 
+  ## The live strategy
+
+      mix cluster_srv.check --live [--topology T]
+
+  prints what the strategies running on this node know (`ClusterSRV.status/1`): the last
+  lookup, the nodes listed, connected, connecting and unreachable, pending removals, and
+  whether this node is listed. It is meant for the node itself, over the release's rpc (below).
+  It exits 1 when no strategy runs there.
+
   ## Examples
 
       mix cluster_srv.check --service myapp-headless --namespace default --application-name myapp
@@ -34,10 +43,11 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   the live node, which also checks that node's own name:
 
       bin/myapp rpc 'Mix.Tasks.ClusterSrv.Check.run(~w(--service myapp-headless --namespace default --application-name myapp))'
+      bin/myapp rpc 'Mix.Tasks.ClusterSrv.Check.run(~w(--live))'
   """
   use Mix.Task
 
-  alias ClusterSRV.{Config, Reasons, Record, Resolver, Strategy}
+  alias ClusterSRV.{Config, Reasons, Record, Resolver, SelfCheck, Strategy}
 
   @switches [
     service: :string,
@@ -50,6 +60,8 @@ defmodule Mix.Tasks.ClusterSrv.Check do
     nameserver: :keep,
     node_naming: :string,
     timeout: :integer,
+    live: :boolean,
+    topology: :string,
     help: :boolean
   ]
 
@@ -57,6 +69,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   def run(argv) do
     case parse(argv) do
       {:ok, config} -> config |> check() |> finish()
+      {:live, topology} -> topology |> live() |> finish()
       {:usage, message} -> usage(message)
     end
   end
@@ -69,6 +82,9 @@ defmodule Mix.Tasks.ClusterSrv.Check do
         cond do
           opts[:help] ->
             {:usage, nil}
+
+          opts[:live] ->
+            {:live, opts[:topology]}
 
           !opts[:application_name] ->
             {:usage, "--application-name is required"}
@@ -95,7 +111,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
 
     config =
       opts
-      |> Keyword.drop([:nameserver, :help])
+      |> Keyword.drop([:nameserver, :help, :live, :topology])
       |> Keyword.put(:timeout, Keyword.get(opts, :timeout, 2_000))
       |> then(fn config ->
         if nameservers == [], do: config, else: Keyword.put(config, :nameservers, nameservers)
@@ -114,6 +130,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
     usage: mix cluster_srv.check --service S --namespace N --application-name A
                                  [--port-name P] [--protocol tcp] [--query Q] [--cluster-domain D]
                                  [--nameserver IP:PORT]... [--node-naming hostname|ip] [--timeout MS]
+           mix cluster_srv.check --live [--topology T]
 
     See `mix help cluster_srv.check`.\
     """)
@@ -123,6 +140,65 @@ defmodule Mix.Tasks.ClusterSrv.Check do
 
   defp finish(:ok), do: :ok
   defp finish(:failed), do: exit({:shutdown, 1})
+
+  # -- The live strategies -----------------------------------------------------------------------
+
+  defp live(topology) do
+    names =
+      for name <- Process.registered(),
+          "Elixir.ClusterSRV.Strategy." <> topology_name <- [Atom.to_string(name)],
+          topology == nil or topology_name == topology,
+          do: name
+
+    statuses =
+      for name <- names,
+          status = ClusterSRV.status(Process.whereis(name) || name),
+          is_map(status),
+          do: status
+
+    if statuses == [] do
+      which = if topology, do: "of topology #{topology} ", else: ""
+      result("FAILED: no ClusterSRV strategy #{which}runs on #{inspect(Node.self())}")
+      :failed
+    else
+      Enum.each(statuses, &print_status/1)
+      :ok
+    end
+  end
+
+  defp print_status(status) do
+    last =
+      case status.last_lookup do
+        nil ->
+          "none yet"
+
+        %{at: at, result: result, duration_us: us} ->
+          "#{DateTime.to_iso8601(at)}: #{describe_result(result)} (#{us} µs)"
+      end
+
+    pending =
+      for {node, due} <- status.pending_removals,
+          do: "#{inspect(node)} in #{max(due - System.monotonic_time(:millisecond), 0)} ms"
+
+    unreachable = for {node, why} <- status.unreachable, do: "#{inspect(node)}: #{inspect(why)}"
+
+    section("Topology #{inspect(status.topology)} on #{inspect(status.node)}", [
+      "query: #{status.query}",
+      "last lookup: #{last}; failures in a row: #{status.failures}",
+      "this node listed: #{inspect(status.self_listed)}#{if status.leaving, do: " (leaving)", else: ""}",
+      "listed (#{length(status.listed)}): #{names(status.listed)}",
+      "connected (#{length(status.connected)}): #{names(status.connected)}",
+      "connecting (#{length(status.connecting)}): #{names(status.connecting)}",
+      "unreachable (#{length(unreachable)}): #{if unreachable == [], do: "-", else: Enum.join(unreachable, ", ")}",
+      "pending removals (#{length(pending)}): #{if pending == [], do: "-", else: Enum.join(pending, ", ")}"
+    ])
+  end
+
+  defp describe_result(:ok), do: "ok"
+  defp describe_result({:error, reason}), do: "failed, #{Reasons.describe_failure(reason)}"
+
+  defp names([]), do: "-"
+  defp names(nodes), do: Enum.map_join(nodes, ", ", &inspect/1)
 
   # -- The check -------------------------------------------------------------------------------
 
@@ -242,25 +318,12 @@ defmodule Mix.Tasks.ClusterSrv.Check do
 
   # Which record is this node's, by host name or address, and what the others will dial for it.
   defp dialed_instead(config, records, me) do
-    [_, host] = me |> Atom.to_string() |> String.split("@", parts: 2)
-    mine = own_addresses()
-    names = MapSet.new([String.downcase(host) | own_host_names()])
-
-    own =
-      Enum.find(records, fn %Record{target: target, addresses: addresses} ->
-        target in names or Enum.any?(addresses, &(&1 in mine))
-      end)
-
-    case own do
+    case SelfCheck.own_record(me, records, SelfCheck.host()) do
       nil ->
         ["  no SRV target is this node, by name or address: the other nodes will never dial it"]
 
-      %Record{target: target, addresses: addresses} ->
-        dialed =
-          case {config.node_naming, addresses} do
-            {:ip, [address | _]} -> "#{config.application_name}@#{:inet.ntoa(address)}"
-            _ -> "#{config.application_name}@#{target}"
-          end
+      record ->
+        dialed = SelfCheck.dialed(config, record)
 
         [
           # A string, not an atom: this target may be one the strategy rejected.
@@ -271,29 +334,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
     end
   end
 
-  defp own_addresses do
-    interfaces =
-      case :inet.getifaddrs() do
-        {:ok, ifs} -> for {_name, opts} <- ifs, {:addr, address} <- opts, do: address
-        _ -> []
-      end
-
-    case :application.get_env(:kernel, :inet_dist_use_interface) do
-      {:ok, address} -> [address | interfaces]
-      :undefined -> interfaces
-    end
-  end
-
-  defp own_host_names do
-    {:ok, short} = :inet.gethostname()
-
-    [List.to_string(short), :net_adm.localhost() |> List.to_string()]
-    |> Enum.map(&String.downcase/1)
-  end
-
   # -- Hints -------------------------------------------------------------------------------------
-
-  @dashed_ip ~r/^(\d{1,3}-\d{1,3}-\d{1,3}-\d{1,3}|[0-9a-f]*(-[0-9a-f]*){2,7})\./
 
   defp hints(config, records, rejected) do
     hints =
@@ -308,7 +349,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
   end
 
   defp dashed_ip_hint(config, records) do
-    dashed = Enum.filter(records, &Regex.match?(@dashed_ip, &1.target))
+    dashed = Enum.filter(records, &SelfCheck.dashed_ip?(&1.target))
 
     if dashed != [] and config.node_naming == :hostname do
       "the SRV targets are dashed IPs (#{inspect(hd(dashed).target)}): the pods have no host name in " <>

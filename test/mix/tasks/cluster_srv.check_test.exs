@@ -57,6 +57,68 @@ defmodule Mix.Tasks.ClusterSrv.CheckTest do
     {status, output}
   end
 
+  defp live(args) do
+    parent = self()
+
+    output =
+      capture_io(fn ->
+        status =
+          try do
+            Check.run(["--live" | args])
+            0
+          catch
+            :exit, {:shutdown, code} -> code
+          end
+
+        send(parent, {:status, status})
+      end)
+
+    assert_received {:status, status}
+    {status, output}
+  end
+
+  describe "--live" do
+    test "prints what the running strategy knows", %{dns: dns} do
+      probe = ClusterSRV.Harness.Probe.start!()
+      topology = :"live_#{System.unique_integer([:positive])}"
+
+      state = %Cluster.Strategy.State{
+        topology: topology,
+        connect: ClusterSRV.Harness.Probe.mfa(probe, :connect),
+        disconnect: ClusterSRV.Harness.Probe.mfa(probe, :disconnect),
+        list_nodes: ClusterSRV.Harness.Probe.mfa(probe, :list_nodes),
+        config: [
+          service: "myapp-headless",
+          namespace: "default",
+          application_name: "myapp",
+          cluster_domain: "cluster.local.",
+          nameservers: [DNS.nameserver(dns)]
+        ]
+      }
+
+      ExUnit.CaptureLog.capture_log(fn ->
+        {:ok, _pid} = ClusterSRV.Strategy.start_link([state])
+        for _ <- 1..3, do: assert_receive({:probe, :connect, _, _}, 2_000)
+        Process.sleep(50)
+      end)
+
+      {status, output} = live(["--topology", Atom.to_string(topology)])
+      assert status == 0
+      assert output =~ "Topology #{inspect(topology)}"
+      assert output =~ "query: myapp-headless.default.svc.cluster.local."
+      assert output =~ ~r/last lookup: \S+: ok \(\d+ µs\)/
+      assert output =~ "listed (3): :\"myapp@myapp-0.myapp-headless.default.svc.cluster.local\""
+      assert output =~ "connected (3)"
+      assert output =~ "unreachable (0): -"
+    end
+
+    test "with no strategy running, exits 1 and says so" do
+      {status, output} = live(["--topology", "nothing_here"])
+      assert status == 1
+      assert output =~ "no ClusterSRV strategy of topology nothing_here runs on"
+    end
+  end
+
   test "a StatefulSet's service: records, node names, exit 0", %{dns: dns} do
     {status, output} =
       check(dns, ~w(--service myapp-headless --namespace default --application-name myapp))
