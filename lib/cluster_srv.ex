@@ -41,7 +41,7 @@ defmodule ClusterSRV do
 
   require Logger
 
-  @topology_keys [:connect, :disconnect, :list_nodes, :topology]
+  @topology_keys [:connect, :disconnect, :list_nodes, :topology, :name]
 
   @doc """
   The child spec for `{ClusterSRV, opts}`. Its id is `{ClusterSRV, topology}`, so that several
@@ -68,6 +68,15 @@ defmodule ClusterSRV do
       raise ArgumentError, "expected ClusterSRV options as a keyword list, got: #{inspect(opts)}"
     end
 
+    # dns_cluster's way to turn clustering off, as Phoenix apps do when no query is configured.
+    if Keyword.get(opts, :query) == :ignore, do: :ignore, else: start(opts)
+  end
+
+  def start_link(opts) do
+    raise ArgumentError, "expected ClusterSRV options as a keyword list, got: #{inspect(opts)}"
+  end
+
+  defp start(opts) do
     {topology_opts, config} = Keyword.split(opts, @topology_keys)
     topology = Keyword.get(topology_opts, :topology, :cluster_srv)
 
@@ -75,6 +84,16 @@ defmodule ClusterSRV do
       raise ArgumentError,
             "invalid value for :topology: expected an atom naming the topology in the logs, " <>
               "got: #{inspect(topology)}. Example: topology: :myapp"
+    end
+
+    name = Keyword.get(topology_opts, :name)
+
+    unless is_nil(name) or is_atom(name) or match?({:global, _}, name) or
+             match?({:via, _, _}, name) do
+      raise ArgumentError,
+            "invalid value for :name: expected a name to register the process under (an atom, " <>
+              "{:global, term} or {:via, module, term}), got: #{inspect(name)}. " <>
+              "Example: name: MyApp.DNSCluster"
     end
 
     state = %{
@@ -108,12 +127,8 @@ defmodule ClusterSRV do
           )
         end
 
-        ClusterSRV.Strategy.start_built(built)
+        ClusterSRV.Strategy.start_built(built, if(name, do: [name: name], else: []))
     end
-  end
-
-  def start_link(opts) do
-    raise ArgumentError, "expected ClusterSRV options as a keyword list, got: #{inspect(opts)}"
   end
 
   @doc """

@@ -13,12 +13,14 @@ defmodule ClusterSRV.Config do
       ** (ArgumentError) invalid value for :timeout: expected a positive integer of milliseconds (at most 600000), got: -1. Example: timeout: 2_000
   """
 
-  @enforce_keys [:application_name, :query, :domain]
+  @enforce_keys [:application_name, :query, :domain, :sources]
   defstruct [
     :application_name,
     :query,
     :domain,
+    :sources,
     :resolver,
+    log: :info,
     polling_interval: 5_000,
     resolver_options: [],
     node_naming: :hostname,
@@ -29,14 +31,25 @@ defmodule ClusterSRV.Config do
   ]
 
   @typedoc """
-  A validated strategy config. `:query` is the SRV name asked; `:domain` is what pod targets
-  must lie under (`nil` for a `:query` config); `:resolver` is the user's lookup function or
-  `nil` for the native resolver.
+  A validated strategy config. `:sources` are what each poll asks: a name, the record type, the
+  base name of the nodes it lists, and the domain SRV targets must lie under (`nil` for a
+  `:query`). `:query` and `:domain` are the first source's. `:resolver` is the user's lookup
+  function or `nil` for the native resolver; `:log` the level of the connect and disconnect
+  lines (`false` for none).
   """
+  @type source :: %{
+          name: String.t(),
+          type: :srv | :a | :aaaa,
+          basename: String.t(),
+          domain: String.t() | nil
+        }
+
   @type t :: %__MODULE__{
           application_name: String.t(),
           query: String.t(),
           domain: String.t() | nil,
+          sources: [source()],
+          log: Logger.level() | false,
           resolver: (charlist() -> term()) | nil,
           polling_interval: pos_integer(),
           resolver_options: keyword(),
@@ -64,7 +77,11 @@ defmodule ClusterSRV.Config do
     :max_nodes,
     :connect_timeout,
     :prune,
-    :prune_grace
+    :prune_grace,
+    :dns_rr_types,
+    :resource_types,
+    :interval,
+    :log
   ]
 
   @default_timeout 2_000
@@ -104,22 +121,55 @@ defmodule ClusterSRV.Config do
               ~s|Example: config: [service: "myapp-headless", namespace: "default", application_name: "myapp"]|
     end
 
-    application_name = required!(config, :application_name, &application_name!/1)
-    {query, domain} = query!(config)
+    {queries, domain, service_name} = query!(config)
+
+    # dns_cluster's form: a query and no application_name. Its nodes are named after this
+    # node's base name and their addresses, and it asks A, AAAA and SRV records.
+    dns_cluster? =
+      Keyword.has_key?(config, :query) and not Keyword.has_key?(config, :application_name)
+
+    application_name =
+      if dns_cluster?,
+        do: own_basename(),
+        else: required!(config, :application_name, &application_name!/1)
+
+    types = rr_types!(config, if(dns_cluster?, do: [:a, :aaaa, :srv], else: [:srv]))
+
+    sources =
+      for {basename, name} <- queries, type <- types do
+        %{
+          # A and AAAA records of a service are at its own name, not at a named port's.
+          name: if(type != :srv and service_name, do: service_name, else: name),
+          type: type,
+          basename: basename || application_name,
+          domain: if(type == :srv, do: domain)
+        }
+      end
+      |> Enum.uniq()
 
     resolver_options =
       config
       |> Keyword.take([:nameservers, :timeout, :attempts])
       |> resolver_options!()
 
+    [first | _] = sources
+
     validated = %__MODULE__{
       application_name: application_name,
-      query: query,
-      domain: domain,
+      query: first.name,
+      domain: first.domain,
+      sources: sources,
       resolver: optional(config, :resolver, nil, &resolver_fun!/1),
-      polling_interval: optional(config, :polling_interval, 5_000, &polling_interval!/1),
+      polling_interval: polling_interval!(config),
+      log: optional(config, :log, :info, &log!/1),
       resolver_options: resolver_options,
-      node_naming: optional(config, :node_naming, :hostname, &node_naming!/1),
+      node_naming:
+        optional(
+          config,
+          :node_naming,
+          if(dns_cluster?, do: :ip, else: :hostname),
+          &node_naming!/1
+        ),
       max_nodes: optional(config, :max_nodes, 1_000, &max_nodes!/1),
       connect_timeout: optional(config, :connect_timeout, 30_000, &connect_timeout!/1),
       prune: optional(config, :prune, true, &prune!/1),
@@ -129,50 +179,147 @@ defmodule ClusterSRV.Config do
     {validated, config |> Keyword.keys() |> Enum.uniq() |> Kernel.--(@strategy_keys)}
   end
 
-  # The Kubernetes forms ask `[_port._proto.]service.namespace.svc.domain`; `:query` replaces them.
+  # The Kubernetes forms ask `[_port._proto.]service.namespace.svc.domain`; `:query` replaces
+  # them, with one name, `{basename, name}`, or a list of either. Returns the names (each with
+  # its own base name, or nil), the domain pod targets must lie under, and the service's own
+  # name, where its A and AAAA records are (nil for a query).
   defp query!(config) do
     case Keyword.fetch(config, :query) do
       {:ok, query} ->
         for key <- [:service, :namespace, :port_name, :protocol, :cluster_domain],
             Keyword.has_key?(config, key) do
           raise ArgumentError,
-                "#{inspect(key)} cannot be combined with :query: :query is the full SRV name and " <>
-                  "replaces :service, :namespace, :port_name, :protocol and :cluster_domain, " <>
+                "#{inspect(key)} cannot be combined with :query: :query is the full name to ask " <>
+                  "and replaces :service, :namespace, :port_name, :protocol and :cluster_domain, " <>
                   "got: query: #{inspect(query)}, #{key}: #{inspect(config[key])}"
         end
 
-        {query_name!(query), nil}
+        {queries!(query), nil, nil}
 
       :error ->
-        service =
-          required!(config, :service, &label!(:service, &1, "the headless service's name"))
-
-        namespace =
-          required!(config, :namespace, &label!(:namespace, &1, "the service's namespace"))
-
         domain = optional(config, :cluster_domain, cluster_domain_env!(), &cluster_domain!/1)
-        service_name = "#{service}.#{namespace}.svc.#{domain}"
+        service_name = service_name(config, domain)
 
-        query =
-          case Keyword.fetch(config, :port_name) do
-            {:ok, port_name} ->
-              port_name = label!(:port_name, port_name, "the name of the service's port")
-              protocol = optional(config, :protocol, "tcp", &label!(:protocol, &1, "a protocol"))
-              "_#{port_name}._#{protocol}.#{service_name}"
+        case Keyword.fetch(config, :port_name) do
+          {:ok, port_name} ->
+            port_name = label!(:port_name, port_name, "the name of the service's port")
+            protocol = optional(config, :protocol, "tcp", &label!(:protocol, &1, "a protocol"))
 
-            :error ->
-              if Keyword.has_key?(config, :protocol) do
-                raise ArgumentError,
-                      ":protocol is the protocol of :port_name, and means nothing without it, " <>
-                        "got: protocol: #{inspect(config[:protocol])}. Example: " <>
-                        ~s|port_name: "discovery", protocol: "tcp"|
-              end
+            {[{nil, "_#{port_name}._#{protocol}.#{service_name}"}], pods_domain(service_name),
+             service_name}
 
-              service_name
-          end
+          :error ->
+            if Keyword.has_key?(config, :protocol) do
+              raise ArgumentError,
+                    ":protocol is the protocol of :port_name, and means nothing without it, " <>
+                      "got: protocol: #{inspect(config[:protocol])}. Example: " <>
+                      ~s|port_name: "discovery", protocol: "tcp"|
+            end
 
-        {query, service_name |> String.trim_trailing(".") |> String.downcase()}
+            {[{nil, service_name}], pods_domain(service_name), service_name}
+        end
     end
+  end
+
+  defp service_name(config, domain) do
+    service = required!(config, :service, &label!(:service, &1, "the headless service's name"))
+    namespace = required!(config, :namespace, &label!(:namespace, &1, "the service's namespace"))
+    "#{service}.#{namespace}.svc.#{domain}"
+  end
+
+  defp pods_domain(service_name),
+    do: service_name |> String.trim_trailing(".") |> String.downcase()
+
+  defp queries!(queries) when is_list(queries) and queries != [],
+    do: Enum.map(queries, &one_query!(&1, queries))
+
+  defp queries!(query), do: [one_query!(query, nil)]
+
+  defp one_query!({basename, name}, _all) when is_binary(basename),
+    do: {application_name!(basename), query_name!(name)}
+
+  defp one_query!(name, _all) when is_binary(name), do: {nil, query_name!(name)}
+
+  defp one_query!(other, all) do
+    in_list = if all, do: " in #{inspect(all)}", else: ""
+
+    raise ArgumentError,
+          "invalid value for :query: #{inspect(other)}#{in_list} is not a query; expected a " <>
+            "name to ask, {basename, name}, or a list of either. Example: " <>
+            ~s|query: ["myapp.internal", {"worker", "worker.internal"}]|
+  end
+
+  # This node's own base name, the part of its name before "@", as dns_cluster takes it.
+  defp own_basename do
+    [basename | _] = Node.self() |> Atom.to_string() |> String.split("@")
+    basename
+  end
+
+  @rr_types [:a, :aaaa, :srv]
+
+  defp rr_types!(config, default) do
+    case {Keyword.fetch(config, :dns_rr_types), Keyword.fetch(config, :resource_types)} do
+      {{:ok, _}, {:ok, _}} ->
+        raise ArgumentError,
+              ":dns_rr_types and :resource_types are the same option (the second is " <>
+                "dns_cluster's name for it): give one, got: " <>
+                "dns_rr_types: #{inspect(config[:dns_rr_types])}, " <>
+                "resource_types: #{inspect(config[:resource_types])}"
+
+      {{:ok, types}, :error} ->
+        rr_types_value!(:dns_rr_types, types)
+
+      {:error, {:ok, types}} ->
+        rr_types_value!(:resource_types, types)
+
+      {:error, :error} ->
+        default
+    end
+  end
+
+  defp rr_types_value!(key, types) do
+    if is_list(types) and types != [] and Enum.all?(types, &(&1 in @rr_types)) do
+      Enum.uniq(types)
+    else
+      invalid!(
+        key,
+        types,
+        "a non-empty list of the record types to ask, among #{inspect(@rr_types)}",
+        "#{key}: [:a, :aaaa]"
+      )
+    end
+  end
+
+  defp polling_interval!(config) do
+    case {Keyword.fetch(config, :polling_interval), Keyword.fetch(config, :interval)} do
+      {{:ok, _}, {:ok, _}} ->
+        raise ArgumentError,
+              ":interval is dns_cluster's name for :polling_interval: give one, got: " <>
+                "polling_interval: #{inspect(config[:polling_interval])}, " <>
+                "interval: #{inspect(config[:interval])}"
+
+      {{:ok, ms}, :error} ->
+        polling_interval!(:polling_interval, ms)
+
+      {:error, {:ok, ms}} ->
+        polling_interval!(:interval, ms)
+
+      {:error, :error} ->
+        5_000
+    end
+  end
+
+  @log_levels [:emergency, :alert, :critical, :error, :warning, :notice, :info, :debug]
+
+  defp log!(level) when level == false or level in @log_levels, do: level
+
+  defp log!(level) do
+    invalid!(
+      :log,
+      level,
+      "false (no line for each connect and disconnect) or a Logger level, such as :info",
+      "log: :info"
+    )
   end
 
   # libcluster reads CLUSTER_DOMAIN when :cluster_domain is not given; a bad value would only
@@ -296,7 +443,8 @@ defmodule ClusterSRV.Config do
     invalid!(
       :query,
       query,
-      "a full SRV name (labels of letters, digits, \"-\" and \"_\")",
+      "a DNS name to ask (labels of letters, digits, \"-\" and \"_\"), {basename, name}, " <>
+        "or a list of either",
       ~s|query: "_erlang._tcp.myapp.service.consul."|
     )
   end
@@ -313,16 +461,10 @@ defmodule ClusterSRV.Config do
     )
   end
 
-  defp polling_interval!(ms) when is_integer(ms) and ms > 0, do: ms
+  defp polling_interval!(_key, ms) when is_integer(ms) and ms > 0, do: ms
 
-  defp polling_interval!(ms),
-    do:
-      invalid!(
-        :polling_interval,
-        ms,
-        "a positive integer of milliseconds",
-        "polling_interval: 5_000"
-      )
+  defp polling_interval!(key, ms),
+    do: invalid!(key, ms, "a positive integer of milliseconds", "#{key}: 5_000")
 
   defp node_naming!(naming) when naming in [:hostname, :ip], do: naming
   defp node_naming!("hostname"), do: :hostname

@@ -1,16 +1,20 @@
 defmodule ClusterSRV.Lookup do
   @moduledoc """
-  One poll's lookup, by the native resolver or by the user's `resolver` function, in one
-  shape: `{:ok, %{records: count, nodes: [node()], rejected: [{target, reason}]}}` or
-  `{:error, reason}`.
+  One poll's lookup of every source of the config (each name and record type), by the native
+  resolver or by the user's `resolver` function, in one shape: a result per source,
+  `[{source, result}]`, each `{:ok, %{records: count, nodes: [node()], rejected: [{target,
+  reason}]}}` or `{:error, reason}`.
 
-  The native resolver looks up and names nodes on its own runtime
-  (`ClusterSRV.Resolver.async_discover/3`). A `resolver` function is called as libcluster
-  calls it (the query as a charlist; `:inet_res.getbyname/2`'s hostent back) in a linked
-  process of its own, so it may block as long as it likes; its records are sorted as the
-  native ones, and with `node_naming: :ip` its targets are resolved with `:inet`. Either way,
-  a lookup ends by `ClusterSRV.Resolver.reply_timeout/2` at the latest: the resolver's own
-  deadline, plus a margin that guards against a stuck runtime.
+  The native resolver asks every source at once in one call, and names the nodes of SRV
+  answers on its own runtime (`ClusterSRV.Resolver.async_discover_all/3`); A and AAAA
+  addresses are named `basename@address` (`ClusterSRV.Resolver.address_names/3`). A `resolver`
+  function is called as libcluster calls it (the name as a charlist; `:inet_res.getbyname/2`'s
+  hostent back: an SRV hostent gives records, an `:inet` or `:inet6` one addresses), once per
+  name, in a linked process of its own, so it may block as long as it likes; its records are
+  sorted as the native ones, and with `node_naming: :ip` its targets are resolved with
+  `:inet`. Either way, a lookup ends by `ClusterSRV.Resolver.reply_timeout/2` at the latest:
+  the resolver's own deadline, plus a margin that guards against a stuck runtime; a lookup that
+  fails as a whole (its deadline, a crash) gives every source that failure.
 
   Like `ClusterSRV.Connector`, it is a value its owner keeps: `start/1` starts a lookup, and
   the owner hands its messages to `handle_info/2`, which says when the lookup has ended.
@@ -40,6 +44,8 @@ defmodule ClusterSRV.Lookup do
   @type result ::
           {:ok, %{records: non_neg_integer(), nodes: [node()], rejected: [{String.t(), atom()}]}}
           | {:error, term()}
+
+  @type results :: [{Config.source(), result()}]
 
   @doc """
   Prepares the lookups of a validated config. The native resolver is built here, so that a
@@ -91,7 +97,11 @@ defmodule ClusterSRV.Lookup do
         {:ok, track(lookup, %{ref: ref, pid: pid, monitor: monitor, started: started}, wait)}
 
       resolver ->
-        case Resolver.async_discover(resolver, config.query, naming(config)) do
+        sources =
+          for source <- config.sources,
+              do: {source.name, source.type, source.basename, source.domain, config.node_naming}
+
+        case Resolver.async_discover_all(resolver, sources, config.max_nodes) do
           {:error, reason} -> {:error, reason, lookup}
           ref -> {:ok, track(lookup, %{ref: ref, pid: nil, monitor: nil, started: started}, wait)}
         end
@@ -105,10 +115,10 @@ defmodule ClusterSRV.Lookup do
 
   @doc """
   Handles a message of the owner's: the lookup's reply, its deadline, or the end of the
-  resolver function's process give `{:done, result, duration, lookup}` (duration in native time
+  resolver function's process give `{:done, results, duration, lookup}` (duration in native time
   units); anything else, late replies of lookups given up on included, gives `:unknown`.
   """
-  @spec handle_info(t(), term()) :: {:done, result(), integer(), t()} | :unknown
+  @spec handle_info(t(), term()) :: {:done, results(), integer(), t()} | :unknown
   def handle_info(%__MODULE__{running: %{ref: ref}} = lookup, {:cluster_srv_lookup, ref, result}),
     do: finish(lookup, result)
 
@@ -129,40 +139,121 @@ defmodule ClusterSRV.Lookup do
 
   def handle_info(%__MODULE__{}, _message), do: :unknown
 
-  defp finish(%{running: running} = lookup, result) do
+  defp finish(%{running: running, config: config} = lookup, reply) do
     Process.cancel_timer(running.timer)
     if running.monitor, do: Process.demonitor(running.monitor, [:flush])
-    {:done, result, System.monotonic_time() - running.started, %{lookup | running: nil}}
+
+    {:done, results(config, reply), System.monotonic_time() - running.started,
+     %{lookup | running: nil}}
   end
 
+  # A result per source: the reply's, with A and AAAA addresses named; a failure of the whole
+  # lookup is every source's.
+  defp results(config, {:ok, replies}) when length(replies) == length(config.sources) do
+    Enum.zip_with(config.sources, replies, fn source, reply ->
+      {source, named(source, reply, config)}
+    end)
+  end
+
+  defp results(config, {:ok, other}), do: results(config, {:error, {:bad_reply, other}})
+
+  defp results(config, {:error, reason}),
+    do: for(source <- config.sources, do: {source, {:error, reason}})
+
+  defp named(source, {:ok, %{addresses: addresses, records: records}}, config) do
+    {:ok,
+     Map.put(
+       Resolver.address_names(addresses, source.basename, config.max_nodes),
+       :records,
+       records
+     )}
+  end
+
+  defp named(_source, result, _config), do: result
+
   @doc """
-  Looks up once and waits, returning the records too: what `ClusterSRV.Strategy.discover/1`
-  and `mix cluster_srv.check` show.
+  Looks up once and waits, returning the SRV records too: what `ClusterSRV.Strategy.discover/1`
+  and `mix cluster_srv.check` show. With several sources, the records are every SRV source's,
+  and the node names and rejections every source's, each once.
   """
   @spec discover(Config.t()) ::
           {:ok, %{records: [Record.t()], nodes: [node()], rejected: list()}} | {:error, term()}
   def discover(%Config{} = config) do
-    records =
+    found =
       case config.resolver do
         nil ->
           with {:ok, resolver} <- Resolver.new(config.resolver_options) do
-            Resolver.lookup(resolver, config.query, fill_addresses: config.node_naming == :ip)
+            for source <- config.sources, do: native_found(resolver, source, config)
           end
 
         fun ->
-          function_records(fun, config)
+          answers = function_answers(fun, config)
+          for source <- config.sources, do: function_found(source, answers[source.name], config)
       end
 
-    with {:ok, records} <- records,
-         {:ok, names} <- Resolver.node_names(records, naming(config)) do
+    case found do
+      {:error, reason} -> {:error, reason}
+      found -> merge(found)
+    end
+  end
+
+  defp native_found(resolver, %{type: :srv} = source, config) do
+    with {:ok, records} <-
+           Resolver.lookup(resolver, source.name, fill_addresses: config.node_naming == :ip),
+         {:ok, names} <- Resolver.node_names(records, naming(config, source)) do
       {:ok, Map.put(names, :records, records)}
     end
   end
 
-  defp naming(config) do
+  defp native_found(resolver, source, config) do
+    with {:ok, addresses} <- Resolver.lookup(resolver, source.name, type: source.type) do
+      {:ok,
+       Map.put(Resolver.address_names(addresses, source.basename, config.max_nodes), :records, [])}
+    end
+  end
+
+  defp function_found(%{type: :srv} = source, {:srv, records}, config) do
+    with {:ok, names} <- Resolver.node_names(records, naming(config, source)) do
+      {:ok, Map.put(names, :records, records)}
+    end
+  end
+
+  defp function_found(source, answer, config) do
+    case function_result(source, answer, config) do
+      {:ok, %{addresses: addresses}} ->
+        {:ok,
+         Map.put(
+           Resolver.address_names(addresses, source.basename, config.max_nodes),
+           :records,
+           []
+         )}
+
+      other ->
+        other
+    end
+  end
+
+  # Every source's records, node names and rejections, each once; the first failure when every
+  # source failed.
+  defp merge(found) do
+    case for({:ok, result} <- found, do: result) do
+      [] ->
+        hd(found)
+
+      results ->
+        {:ok,
+         %{
+           records: Enum.flat_map(results, & &1.records),
+           nodes: results |> Enum.flat_map(& &1.nodes) |> Enum.uniq(),
+           rejected: results |> Enum.flat_map(& &1.rejected) |> Enum.uniq()
+         }}
+    end
+  end
+
+  defp naming(config, source) do
     [
-      application_name: config.application_name,
-      domain: config.domain,
+      application_name: source.basename,
+      domain: source.domain,
       node_naming: config.node_naming,
       max_nodes: config.max_nodes
     ]
@@ -170,16 +261,41 @@ defmodule ClusterSRV.Lookup do
 
   # -- The user's resolver function --------------------------------------------------------------
 
+  # The reply, in the native side's shape: a result per source.
   defp run_function(config) do
-    with {:ok, records} <- function_records(config.resolver, config),
-         {:ok, names} <- Resolver.node_names(records, naming(config)) do
+    answers = function_answers(config.resolver, config)
+
+    {:ok,
+     for(source <- config.sources, do: function_result(source, answers[source.name], config))}
+  end
+
+  defp function_answers(fun, config) do
+    for name <- config.sources |> Enum.map(& &1.name) |> Enum.uniq(),
+        into: %{},
+        do: {name, function_answer(fun, name, config)}
+  end
+
+  defp function_result(%{type: :srv} = source, {:srv, records}, config) do
+    with {:ok, names} <- Resolver.node_names(records, naming(config, source)) do
       {:ok, Map.put(names, :records, length(records))}
     end
   end
 
-  # Calls `fun` as libcluster does and turns its hostent into records.
-  defp function_records(fun, config) do
-    case fun.(String.to_charlist(config.query)) do
+  defp function_result(%{type: :a}, {:addresses, :inet, addresses}, _config),
+    do: {:ok, %{records: length(addresses), addresses: Enum.sort(addresses)}}
+
+  defp function_result(%{type: :aaaa}, {:addresses, :inet6, addresses}, _config),
+    do: {:ok, %{records: length(addresses), addresses: Enum.sort(addresses)}}
+
+  defp function_result(_source, {:error, reason}, _config), do: {:error, reason}
+
+  # An answer of another type than the source asks for holds none of its records.
+  defp function_result(_source, _other_type, _config), do: {:error, :no_records}
+
+  # Calls `fun` with `name` as libcluster does and reads its hostent: an SRV one gives records,
+  # an :inet or :inet6 one addresses.
+  defp function_answer(fun, name, config) do
+    case fun.(String.to_charlist(name)) do
       {:ok, {:hostent, _name, _aliases, :srv, _count, entries}} when is_list(entries) ->
         # Sorted as the native resolver sorts, so that every pod takes the same max_nodes
         # names from an answer whose order rotates.
@@ -190,8 +306,15 @@ defmodule ClusterSRV.Lookup do
 
         cond do
           records == [] -> {:error, :no_records}
-          config.node_naming == :ip -> {:ok, fill_addresses(records)}
-          true -> {:ok, records}
+          config.node_naming == :ip -> {:srv, fill_addresses(records)}
+          true -> {:srv, records}
+        end
+
+      {:ok, {:hostent, _name, _aliases, family, _count, addresses}}
+      when family in [:inet, :inet6] and is_list(addresses) ->
+        case Enum.filter(addresses, &ip?(&1, family)) do
+          [] -> {:error, :no_records}
+          addresses -> {:addresses, family, addresses}
         end
 
       {:error, reason} ->
@@ -203,6 +326,10 @@ defmodule ClusterSRV.Lookup do
   rescue
     exception -> {:error, {:resolver_raised, Exception.message(exception)}}
   end
+
+  defp ip?({_, _, _, _} = ip, :inet), do: :inet.ntoa(ip) != {:error, :einval}
+  defp ip?({_, _, _, _, _, _, _, _} = ip, :inet6), do: :inet.ntoa(ip) != {:error, :einval}
+  defp ip?(_other, _family), do: false
 
   # The native side sorts targets lowercased and without the trailing dot.
   defp sort_key(target), do: target |> String.trim_trailing(".") |> ascii_downcase()

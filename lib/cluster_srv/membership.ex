@@ -62,7 +62,10 @@ defmodule ClusterSRV.Membership do
   defstruct [
     :self,
     :query,
+    sources: [],
+    per_source: %{},
     context: [],
+    connect_log: :info,
     max_retries: 16,
     prune: true,
     prune_grace: 0,
@@ -96,8 +99,11 @@ defmodule ClusterSRV.Membership do
     * `unreachable` - listed nodes whose last connect failed, each with why;
     * `missing` - known nodes the answers stopped listing, each with when the first answer
       that missed it came (monotonic ms): their removal waits for `prune_grace`;
-    * `failure`, `failures` - the ongoing lookup failure, and how many polls in a row failed;
-    * `rejections` - the kinds of rejected target the latest answer had;
+    * `failure`, `failures` - the ongoing lookup failure, and how many polls in a row failed
+      (every source failed);
+    * `sources`, `per_source` - each source's key (`{name, type}`), and what its latest
+      successful answer listed, its ongoing failure and how many polls it failed in a row;
+    * `rejections` - the kinds of rejected target the latest answers had, by source;
     * `self_listed` - whether the latest successful answer listed this node (`nil` before
       the first); `was_listed` - whether one ever did; `leaving` - it did, and the latest one
       no longer does: the pod is terminating, and starts no new connects;
@@ -119,7 +125,9 @@ defmodule ClusterSRV.Membership do
           prune_grace: non_neg_integer(),
           failure: term(),
           failures: non_neg_integer(),
-          rejections: MapSet.t(atom()),
+          rejections: MapSet.t({term(), atom()}),
+          sources: [{String.t(), atom()}],
+          per_source: %{{String.t(), atom()} => map()},
           self_listed: boolean() | nil,
           was_listed: boolean(),
           leaving: boolean(),
@@ -138,15 +146,30 @@ defmodule ClusterSRV.Membership do
           {:ok, %{nodes: [node()], rejected: [{String.t(), atom()}]}} | {:error, term()}
 
   @doc """
-  New rules. Options: `:self` (this node), `:query` (the name asked, for the logs), `:context`
+  New rules. Options: `:self` (this node), `:query` (the name asked, for the logs) or
+  `:sources` (several: each `%{name: name, type: :srv | :a | :aaaa}`), `:context`
   (`domain:` and `max_nodes:`, for the wording of rejections), `:meta` (libcluster's initial
-  meta, a `MapSet`), `:max_retries` (default 16), `:prune` (default `true`) and `:prune_grace`
-  (ms, default 0).
+  meta, a `MapSet`), `:max_retries` (default 16), `:prune` (default `true`), `:prune_grace`
+  (ms, default 0) and `:connect_log` (the level of the line for each connect and disconnect
+  that succeeded, or `false`; default `:info`).
   """
   @spec new(keyword()) :: t()
   def new(opts) do
     meta = Keyword.get(opts, :meta) || MapSet.new()
-    struct!(__MODULE__, Keyword.put(opts, :meta, meta))
+
+    sources =
+      case Keyword.get(opts, :sources) do
+        nil -> [{Keyword.fetch!(opts, :query), :srv}]
+        sources -> for %{name: name, type: type} <- sources, do: {name, type}
+      end
+
+    opts = Keyword.put_new_lazy(opts, :query, fn -> elem(hd(sources), 0) end)
+    per_source = Map.new(sources, &{&1, %{listed: MapSet.new(), failure: nil, failures: 0}})
+
+    struct!(
+      __MODULE__,
+      Keyword.merge(opts, meta: meta, sources: sources, per_source: per_source)
+    )
   end
 
   @doc """
@@ -156,37 +179,126 @@ defmodule ClusterSRV.Membership do
       iex> ClusterSRV.Membership.outcome({:ok, %{nodes: [], rejected: [{"a_b.svc", :invalid_hostname}]}})
       {:error, :no_valid_names}
   """
-  @spec outcome(lookup_result()) :: :ok | {:error, term()}
+  @spec outcome(lookup_result() | [{term(), lookup_result()}]) :: :ok | {:error, term()}
+  def outcome([{_source, _result} | _] = results) do
+    outcomes = for {_source, result} <- results, do: outcome(result)
+    if :ok in outcomes, do: :ok, else: hd(outcomes)
+  end
+
   def outcome({:ok, %{nodes: []}}), do: {:error, :no_valid_names}
   def outcome({:ok, %{nodes: [_ | _]}}), do: :ok
   def outcome({:error, reason}), do: {:error, reason}
 
   @doc """
-  A lookup ended with `result` at `now` (monotonic ms, the caller's clock), and `list_nodes`
-  shows `connected`.
+  A lookup ended at `now` (monotonic ms, the caller's clock), and `list_nodes` shows
+  `connected`. `results` has a result per source, `[{{name, type}, result}]`; a single result
+  stands for the only source's.
+
+  With several sources, a source that fails keeps what it listed last: a node is disconnected
+  only when every source that listed it has succeeded without it. A source that answers
+  NXDOMAIN or "no records" while another source for the same name succeeds (a name with A
+  records and no AAAA ones) is not warned about.
   """
-  @spec lookup_done(t(), lookup_result(), [node()], integer()) :: {t(), [action()]}
-  def lookup_done(state, result, connected, now) do
-    {state, logged} =
-      case result do
-        {:ok, %{rejected: rejected}} -> rejections(state, rejected)
-        {:error, _} -> {state, []}
-      end
+  @spec lookup_done(
+          t(),
+          lookup_result() | [{{String.t(), atom()}, lookup_result()}],
+          [node()],
+          integer()
+        ) ::
+          {t(), [action()]}
+  def lookup_done(state, {kind, _} = result, connected, now) when kind in [:ok, :error],
+    do: lookup_done(state, [{hd(state.sources), result}], connected, now)
+
+  def lookup_done(state, results, connected, now) when is_list(results) do
+    {state, logged} = rejections(state, results)
+    answered = for {{name, _type}, result} <- results, outcome(result) == :ok, do: name
+
+    {state, per_source} =
+      Enum.reduce(results, {state, []}, fn {source, result}, {state, logs} ->
+        {state, more} = source_done(state, source, result, answered)
+        {state, logs ++ more}
+      end)
 
     {state, actions} =
-      case {outcome(result), result} do
-        {:ok, {:ok, %{nodes: nodes}}} ->
-          {state, recovered} = recovery(state)
+      case answered do
+        [] ->
+          [{_source, result} | _] = results
+          {:error, reason} = outcome(result)
+          {%{state | failure: reason, failures: state.failures + 1}, []}
+
+        _some ->
+          nodes =
+            state.sources
+            |> Enum.flat_map(&(state.per_source[&1].listed |> MapSet.to_list() |> Enum.sort()))
+            |> then(&(answered_nodes(results) ++ &1))
+            |> Enum.uniq()
+
+          state = %{state | failure: nil, failures: 0}
           {state, listing} = self_listing(state, nodes)
           {state, changes} = apply_answer(state, nodes, MapSet.new(connected), now)
-          {state, recovered ++ listing ++ changes}
-
-        {{:error, reason}, _} ->
-          failure(state, reason)
+          {state, listing ++ changes}
       end
 
-    {state, logged ++ actions}
+    {state, logged ++ per_source ++ actions}
   end
+
+  # The nodes of this round's successful answers, in their order, before those the failed
+  # sources listed last.
+  defp answered_nodes(results) do
+    for {_source, {:ok, %{nodes: nodes}}} <- results, node <- nodes, do: node
+  end
+
+  # One source's result: a success replaces what it lists and ends its failure; a failure keeps
+  # what it listed, and is warned about when it starts or changes kind.
+  defp source_done(state, source, result, answered) do
+    known = state.per_source[source]
+
+    case outcome(result) do
+      :ok ->
+        {:ok, %{nodes: nodes}} = result
+        logs = if known.failure, do: [recovery(state, source, known)], else: []
+        entry = %{listed: MapSet.new(nodes), failure: nil, failures: 0}
+        {put_in(state.per_source[source], entry), logs}
+
+      {:error, reason} ->
+        {name, _type} = source
+        benign? = reason in [:nxdomain, :no_records] and name in answered
+
+        log =
+          cond do
+            benign? ->
+              {:log, :debug, fn -> "#{label(source)}: #{Reasons.describe_failure(reason)}" end}
+
+            known.failure == nil or Reasons.kind(known.failure) != Reasons.kind(reason) ->
+              {:log, :warning,
+               "lookup of #{label(source)} failed: #{Reasons.describe_failure(reason)}; " <>
+                 "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"}
+
+            true ->
+              {:log, :debug,
+               fn ->
+                 "lookup of #{label(source)} still failing: #{Reasons.describe_failure(reason)}"
+               end}
+          end
+
+        entry = %{
+          known
+          | failure: if(benign?, do: known.failure, else: reason),
+            failures: known.failures + 1
+        }
+
+        {put_in(state.per_source[source], entry), [log]}
+    end
+  end
+
+  defp recovery(_state, source, known) do
+    {:log, :info,
+     "lookup of #{label(source)} succeeded again after #{known.failures} failed polls"}
+  end
+
+  # A source as the logs name it: its name, and its type unless SRV.
+  defp label({name, :srv}), do: name
+  defp label({name, type}), do: "#{name} (#{type |> Atom.to_string() |> String.upcase()})"
 
   @doc """
   A job of `kind` for `node` ended with `outcome`: `{:returned, value, duration}`,
@@ -370,9 +482,8 @@ defmodule ClusterSRV.Membership do
          unreachable: Map.delete(state.unreachable, node)
      },
      [
-       {:emit, [:libcluster, :connect_node, :ok], %{duration: duration}, %{node: node}},
-       {:log, :info, "connected to #{inspect(node)}"}
-     ]}
+       {:emit, [:libcluster, :connect_node, :ok], %{duration: duration}, %{node: node}}
+     ] ++ connect_log(state, "connected to #{inspect(node)}")}
   end
 
   defp settle(state, :connect, node, outcome) do
@@ -400,9 +511,8 @@ defmodule ClusterSRV.Membership do
   defp settle(state, :disconnect, node, {:returned, true, duration}) do
     {%{state | meta: MapSet.delete(state.meta, node)},
      [
-       {:emit, [:libcluster, :disconnect_node, :ok], %{duration: duration}, %{node: node}},
-       {:log, :info, "disconnected from #{inspect(node)}"}
-     ]}
+       {:emit, [:libcluster, :disconnect_node, :ok], %{duration: duration}, %{node: node}}
+     ] ++ connect_log(state, "disconnected from #{inspect(node)}")}
   end
 
   defp settle(state, :disconnect, node, {:returned, value, _}) when value in [false, :ignored] do
@@ -428,6 +538,10 @@ defmodule ClusterSRV.Membership do
         "disconnect from #{inspect(node)} failed: the disconnect MFA #{describe_odd(odd)}"}
      ]}
   end
+
+  # The line for each connect and disconnect that succeeded, at the config's `log` level.
+  defp connect_log(%{connect_log: false}, _message), do: []
+  defp connect_log(%{connect_log: level}, message), do: [{:log, level, message}]
 
   # Why a node is unreachable, as status/1 shows it.
   defp unreachable_reason({:returned, false, _}), do: :unreachable
@@ -541,50 +655,39 @@ defmodule ClusterSRV.Membership do
 
   # -- Failures and rejections, each logged once while it lasts -----------------------------------
 
-  # A failure is warned about when it starts, and again whenever its kind changes (SERVFAIL,
-  # then a timeout, then an io error are three warnings); polls that fail again the same way
-  # are logged at debug level only.
-  defp failure(state, reason) do
-    log =
-      if state.failure == nil or Reasons.kind(state.failure) != Reasons.kind(reason) do
-        {:log, :warning,
-         "lookup of #{state.query} failed: #{Reasons.describe_failure(reason)}; " <>
-           "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"}
-      else
-        {:log, :debug,
-         fn -> "lookup of #{state.query} still failing: #{Reasons.describe_failure(reason)}" end}
-      end
-
-    {%{state | failure: reason, failures: state.failures + 1}, [log]}
-  end
-
-  defp recovery(%{failure: nil} = state), do: {state, []}
-
-  defp recovery(state) do
-    {%{state | failure: nil, failures: 0},
-     [
-       {:log, :info,
-        "lookup of #{state.query} succeeded again after #{state.failures} failed polls"}
-     ]}
-  end
-
   # Each kind of rejected target is warned about when it appears in an answer, and not again
   # while the answers that follow still have it; one that goes away and comes back is new.
-  defp rejections(state, rejected) do
-    by_reason =
-      Enum.group_by(rejected, fn {_target, reason} -> reason end, fn {target, _} -> target end)
+  # Failed sources say nothing about their targets: what they had stays as it was.
+  defp rejections(state, results) do
+    {seen, logs} =
+      Enum.reduce(results, {MapSet.new(), []}, fn
+        {source, {:ok, %{rejected: rejected}}}, {seen, logs} ->
+          by_reason =
+            Enum.group_by(rejected, fn {_target, reason} -> reason end, fn {target, _} ->
+              target
+            end)
 
-    logs =
-      for {reason, targets} <- Enum.sort(by_reason),
-          not MapSet.member?(state.rejections, reason) do
-        examples = targets |> Enum.take(3) |> Enum.map_join(", ", &inspect/1)
+          new =
+            for {reason, targets} <- Enum.sort(by_reason),
+                not MapSet.member?(state.rejections, {source, reason}) do
+              examples = targets |> Enum.take(3) |> Enum.map_join(", ", &inspect/1)
 
-        {:log, :warning,
-         "ignoring #{length(targets)} SRV target(s) of #{state.query}: " <>
-           "#{Reasons.describe_rejection(reason, state.context)} (for example #{examples}); " <>
-           "this is logged again only if it stops and starts again"}
-      end
+              {:log, :warning,
+               "ignoring #{length(targets)} #{target_word(source)} of #{label(source)}: " <>
+                 "#{Reasons.describe_rejection(reason, state.context)} (for example #{examples}); " <>
+                 "this is logged again only if it stops and starts again"}
+            end
 
-    {%{state | rejections: by_reason |> Map.keys() |> MapSet.new()}, logs}
+          {MapSet.union(seen, MapSet.new(Map.keys(by_reason), &{source, &1})), logs ++ new}
+
+        {source, {:error, _}}, {seen, logs} ->
+          kept = for {^source, _reason} = entry <- state.rejections, do: entry
+          {MapSet.union(seen, MapSet.new(kept)), logs}
+      end)
+
+    {%{state | rejections: seen}, logs}
   end
+
+  defp target_word({_name, :srv}), do: "SRV target(s)"
+  defp target_word(_source), do: "address(es)"
 end

@@ -50,7 +50,10 @@ defmodule ClusterSRV.Native do
   def resolver_plan(_resolver), do: not_loaded()
 
   @doc false
-  def start_lookup(_resolver, _name, _fill_addresses, _tag), do: not_loaded()
+  def start_lookup(_resolver, _name, _type, _fill_addresses, _tag), do: not_loaded()
+
+  @doc false
+  def start_discover_all(_resolver, _sources, _max_nodes, _tag), do: not_loaded()
 
   @doc false
   def start_discover(_resolver, _name, _basename, _domain, _naming, _max_nodes, _tag),

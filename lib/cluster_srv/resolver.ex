@@ -198,17 +198,22 @@ defmodule ClusterSRV.Resolver do
   end
 
   @doc """
-  Looks up the SRV records of `name` and waits for the answer.
+  Looks up the records of `name` and waits for the answer: SRV records by default, or with
+  `type: :a` or `type: :aaaa` the addresses.
 
   The caller blocks, but no scheduler does: the lookup runs on the native runtime while the
   caller waits in `receive`. It returns within about `timeout * attempts`.
 
   ## Options
 
-    * `:fill_addresses` - when `true`, targets the answer carried no address for are resolved
-      (A, then AAAA), concurrently. This can double the time a lookup takes. Default `false`.
+    * `:type` - `:srv` (the default) for `ClusterSRV.Record`s; `:a` or `:aaaa` for the
+      addresses, as `:inet.ip_address()` tuples, sorted, each once.
+    * `:fill_addresses` - for SRV: when `true`, targets the answer carried no address for are
+      resolved (A, then AAAA), concurrently. This can double the time a lookup takes. Default
+      `false`.
   """
-  @spec lookup(t(), String.t(), keyword()) :: {:ok, [Record.t()]} | {:error, reason()}
+  @spec lookup(t(), String.t(), keyword()) ::
+          {:ok, [Record.t()] | [:inet.ip_address()]} | {:error, reason()}
   def lookup(%__MODULE__{} = resolver, name, opts \\ []) do
     case async_lookup(resolver, name, opts) do
       {:error, reason} ->
@@ -238,14 +243,15 @@ defmodule ClusterSRV.Resolver do
 
   def async_lookup(%__MODULE__{ref: native}, name, opts) when is_binary(name) do
     ref = make_ref()
+    type = type!(Keyword.get(opts, :type, :srv))
 
-    case Native.start_lookup(native, name, fill_addresses?(opts), ref) do
+    case Native.start_lookup(native, name, type, fill_addresses?(opts), ref) do
       :ok -> ref
       {:error, reason} -> {:error, reason}
     end
   end
 
-  def async_lookup(%__MODULE__{}, name, _opts) do
+  def async_lookup(%__MODULE__{}, name, _opts) when not is_binary(name) do
     raise ArgumentError, "expected the name to look up as a string, got: #{inspect(name)}"
   end
 
@@ -329,6 +335,66 @@ defmodule ClusterSRV.Resolver do
       :ok -> ref
       {:error, reason} -> {:error, reason}
     end
+  end
+
+  @doc """
+  Looks up several sources at once, on the native runtime, and replies by message like
+  `async_lookup/3`: this is what `ClusterSRV.Strategy` polls with. Each source is
+  `{name, type, basename, domain, node_naming}`; the caller receives
+
+      {:cluster_srv_lookup, ref, {:ok, [result]}}
+
+  with a result per source, in their order: for SRV, `{:ok, %{records: count, nodes: [node()],
+  rejected: [{target, reason}]}}`, the targets named on the runtime as `async_discover/3` names
+  them; for A and AAAA, `{:ok, %{records: count, addresses: [ip]}}`, which `address_names/3`
+  names (the names are made on the Elixir side, where `:inet.ntoa/1` writes the addresses); or
+  `{:error, reason}` for a source that failed. Every source is asked at once, and each gives its
+  own result within `deadline/2`.
+  """
+  @spec async_discover_all(t(), [tuple()], pos_integer()) :: reference() | {:error, reason()}
+  def async_discover_all(%__MODULE__{ref: native}, sources, max_nodes) do
+    ref = make_ref()
+
+    sources =
+      for {name, type, basename, domain, naming} <- sources,
+          do: {name, type!(type), basename, domain, naming}
+
+    case Native.start_discover_all(native, sources, max_nodes, ref) do
+      :ok -> ref
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  @doc """
+  Names the addresses of an A or AAAA answer `basename@address`, the address written as
+  `:inet.ntoa/1` writes it, as dns_cluster names nodes: at most `max_nodes` of them, the others
+  rejected as `:over_max_nodes`. The addresses are parsed data, never text from DNS, so their
+  atoms are as safe as validated names.
+
+      iex> ClusterSRV.Resolver.address_names([{10, 1, 0, 5}, {0xfd00, 0, 0, 0, 0, 0, 0, 1}], "app", 1)
+      %{nodes: [:"app@10.1.0.5"], rejected: [{"fd00::1", :over_max_nodes}]}
+  """
+  @spec address_names([:inet.ip_address()], String.t(), pos_integer()) :: %{
+          nodes: [node()],
+          rejected: [{String.t(), :over_max_nodes}]
+        }
+  def address_names(addresses, basename, max_nodes) do
+    {taken, over} = addresses |> Enum.uniq() |> Enum.split(max_nodes)
+
+    %{
+      nodes: for(ip <- taken, do: :"#{basename}@#{:inet.ntoa(ip)}"),
+      rejected: for(ip <- over, do: {List.to_string(:inet.ntoa(ip)), :over_max_nodes})
+    }
+  end
+
+  @types [:srv, :a, :aaaa]
+
+  defp type!(type) when type in @types, do: type
+
+  defp type!(type) do
+    raise ArgumentError,
+          "invalid value for :type: expected one of #{inspect(@types)}, got: #{inspect(type)}. " <>
+            "Example: type: :a"
   end
 
   @doc """

@@ -214,7 +214,8 @@ defmodule ClusterSRV.Strategy do
 
   @doc false
   # Starts the loop from what build!/1 validated. Shared with the standalone ClusterSRV.
-  def start_built({%Topology{}, %Lookup{}} = built), do: GenServer.start_link(__MODULE__, built)
+  def start_built({%Topology{}, %Lookup{}} = built, opts \\ []),
+    do: GenServer.start_link(__MODULE__, built, opts)
 
   @doc false
   # Validates libcluster's state and prepares the lookups, raising in the caller. Shared with
@@ -236,10 +237,12 @@ defmodule ClusterSRV.Strategy do
         Membership.new(
           self: Node.self(),
           query: config.query,
+          sources: config.sources,
           context: [domain: config.domain, max_nodes: config.max_nodes],
           meta: topology.meta,
           prune: config.prune,
-          prune_grace: config.prune_grace
+          prune_grace: config.prune_grace,
+          connect_log: config.log
         ),
       telemetry?: telemetry_available?()
     }
@@ -324,7 +327,8 @@ defmodule ClusterSRV.Strategy do
 
       {:error, reason, lookup} ->
         servers_changed(state, before, lookup.resolver)
-        lookup_done(%{state | lookup: lookup}, {:error, reason}, 0)
+        failed = for source <- state.topology.config.sources, do: {source, {:error, reason}}
+        lookup_done(%{state | lookup: lookup}, failed, 0)
     end
   end
 
@@ -338,28 +342,27 @@ defmodule ClusterSRV.Strategy do
 
   defp servers_changed(_state, _before, _now), do: :ok
 
-  defp lookup_done(state, result, duration) do
+  defp lookup_done(state, results, duration) do
     now = System.monotonic_time(:millisecond)
+    results = for {source, result} <- results, do: {{source.name, source.type}, result}
+    outcome = Membership.outcome(results)
 
     last = %{
       at: DateTime.utc_now(),
-      result: Membership.outcome(result),
+      result: outcome,
       duration_us: System.convert_time_unit(duration, :native, :microsecond)
     }
 
-    {records, nodes} =
-      case result do
-        {:ok, %{records: records, nodes: nodes}} -> {records, length(nodes)}
-        {:error, _} -> {0, 0}
-      end
+    records = Enum.sum(for {_, {:ok, %{records: count}}} <- results, do: count)
+    nodes = length(Enum.uniq(for {_, {:ok, %{nodes: nodes}}} <- results, node <- nodes, do: node))
 
     emit(state, [:cluster_srv, :lookup], %{duration: duration, records: records, nodes: nodes}, %{
       query: state.topology.config.query,
-      result: Membership.outcome(result)
+      result: outcome
     })
 
     connected = Topology.list_nodes(state.topology)
-    {membership, actions} = Membership.lookup_done(state.membership, result, connected, now)
+    {membership, actions} = Membership.lookup_done(state.membership, results, connected, now)
 
     %{state | membership: membership, last_lookup: last}
     |> perform(actions)
@@ -470,8 +473,7 @@ defmodule ClusterSRV.Strategy do
     end
   end
 
-  defp log(state, :info, message), do: Logger.info(prefix(state, message))
-  defp log(state, :warning, message), do: Logger.warning(prefix(state, message))
+  defp log(state, level, message), do: Logger.log(level, prefix(state, message))
 
   defp prefix(state, message), do: "[libcluster:#{state.topology.name}] #{message}"
 

@@ -50,4 +50,81 @@ defmodule ClusterSRV.ConfigTest do
       assert_raise ArgumentError, ~r/keyword list/, fn -> Config.resolver_options!([1]) end
     end
   end
+
+  describe "strategy!/1: the query forms and record types" do
+    defp sources(config) do
+      {validated, _unknown} = Config.strategy!(config)
+      for source <- validated.sources, do: {source.name, source.type, source.basename}
+    end
+
+    test "dns_cluster's form, a query and no application_name, asks A, AAAA and SRV as this node" do
+      {config, []} = Config.strategy!(query: "myapp.internal")
+      # Not distributed here: this node's base name is "nonode".
+      assert sources(query: "myapp.internal") == [
+               {"myapp.internal", :a, "nonode"},
+               {"myapp.internal", :aaaa, "nonode"},
+               {"myapp.internal", :srv, "nonode"}
+             ]
+
+      # Named after their addresses, as dns_cluster names nodes.
+      assert config.node_naming == :ip
+    end
+
+    test "several queries and {basename, query} tuples" do
+      config = [
+        query: ["app-one.internal", {"other", "other.internal"}],
+        resource_types: [:aaaa]
+      ]
+
+      assert sources(config) == [
+               {"app-one.internal", :aaaa, "nonode"},
+               {"other.internal", :aaaa, "other"}
+             ]
+    end
+
+    test "with application_name, a query is an SRV name as before" do
+      config = [query: "_erlang._tcp.myapp.service.consul.", application_name: "myapp"]
+      assert sources(config) == [{"_erlang._tcp.myapp.service.consul.", :srv, "myapp"}]
+      assert elem(Config.strategy!(config), 0).node_naming == :hostname
+    end
+
+    test "the Kubernetes form asks A records at the service's name, SRV at its named port" do
+      config = [
+        service: "web",
+        namespace: "prod",
+        application_name: "web",
+        port_name: "discovery",
+        cluster_domain: "cluster.local.",
+        dns_rr_types: [:srv, :a]
+      ]
+
+      assert sources(config) == [
+               {"_discovery._tcp.web.prod.svc.cluster.local.", :srv, "web"},
+               {"web.prod.svc.cluster.local.", :a, "web"}
+             ]
+    end
+
+    test "interval is dns_cluster's name for polling_interval" do
+      {config, []} = Config.strategy!(query: "a.internal", interval: 1_234)
+      assert config.polling_interval == 1_234
+    end
+
+    test "bad values name the key, the value and what is expected" do
+      for {config, message} <- [
+            {[query: "a.internal", dns_rr_types: [:mx]], "invalid value for :dns_rr_types"},
+            {[query: "a.internal", resource_types: []], "invalid value for :resource_types"},
+            {[query: "a.internal", dns_rr_types: [:a], resource_types: [:a]],
+             ":dns_rr_types and :resource_types are the same option"},
+            {[query: [:nope]], "invalid value for :query: :nope in [:nope] is not a query"},
+            {[query: {"bad basename!", "a.internal"}], "invalid value for :application_name"},
+            {[query: "a.internal", interval: 1, polling_interval: 2],
+             ":interval is dns_cluster's name for :polling_interval"},
+            {[query: "a.internal", interval: 0], "invalid value for :interval"},
+            {[query: "a.internal", log: :loud], "invalid value for :log"}
+          ] do
+        error = assert_raise ArgumentError, fn -> Config.strategy!(config) end
+        assert error.message =~ message, "#{inspect(config)}: #{error.message}"
+      end
+    end
+  end
 end

@@ -6,6 +6,7 @@ defmodule ClusterSRV.MembershipTest do
   alias ClusterSRV.Membership
 
   @me :"app@me.svc"
+  @universe for i <- 1..8, do: :"app@pod-#{i}.svc"
   defp n(i), do: :"app@pod-#{i}.svc"
 
   defp new(opts \\ []), do: Membership.new(Keyword.merge([self: @me, query: "svc."], opts))
@@ -260,13 +261,111 @@ defmodule ClusterSRV.MembershipTest do
     end
   end
 
+  describe "several sources" do
+    @a {"svc.", :srv}
+    @b {"other.", :a}
+
+    defp two(opts \\ []),
+      do: new([sources: [%{name: "svc.", type: :srv}, %{name: "other.", type: :a}]] ++ opts)
+
+    test "a node is kept while a source that listed it fails, and dropped once all succeed without it" do
+      {state, _} = done(two(), [{@a, answer([n(1)])}, {@b, answer([n(2)])}], [])
+      state = connect_all(state, [n(1), n(2)])
+      # b fails: n(2), which only b listed, stays.
+      {state, actions} =
+        done(state, [{@a, answer([n(1)])}, {@b, {:error, :timeout}}], [n(1), n(2)])
+
+      assert jobs(actions) == []
+      # b succeeds without n(2): now it goes.
+      {_state, actions} = done(state, [{@a, answer([n(1)])}, {@b, answer([n(3)])}], [n(1), n(2)])
+      assert {:disconnect, n(2)} in jobs(actions)
+    end
+
+    test "NXDOMAIN of one type is quiet while another type of the same name answers" do
+      sources = [%{name: "svc.", type: :a}, %{name: "svc.", type: :aaaa}]
+
+      {_state, actions} =
+        done(
+          new(sources: sources),
+          [{{"svc.", :a}, answer([n(1)])}, {{"svc.", :aaaa}, {:error, :no_records}}],
+          []
+        )
+
+      assert logs(actions, :warning) == []
+    end
+
+    test "a failure of every source is one failed poll; each source warns for itself" do
+      {state, actions} = done(two(), [{@a, {:error, :servfail}}, {@b, {:error, :timeout}}], [])
+      assert length(logs(actions, :warning)) == 2
+      assert state.failures == 1
+      assert Enum.any?(logs(actions, :warning), &(&1 =~ "lookup of other. (A) failed"))
+    end
+
+    test "over random rounds, no node listed by a source's last success is ever disconnected" do
+      seed = System.get_env("MEMBERSHIP_SEED", "#{:erlang.unique_integer([:positive])}")
+      :rand.seed(:exsss, {String.to_integer(seed), 3, 5})
+
+      for sequence <- 1..500 do
+        Enum.reduce(1..30, {two(), %{@a => MapSet.new(), @b => MapSet.new()}, MapSet.new()}, fn
+          step, {state, last, connected} ->
+            results =
+              for source <- [@a, @b] do
+                if :rand.uniform(3) == 1,
+                  do: {source, {:error, :timeout}},
+                  else: {source, answer(Enum.to_list(random_subset(@universe)))}
+              end
+
+            {state, actions} = done(state, results, MapSet.to_list(connected), step * 1_000)
+
+            last =
+              Enum.reduce(results, last, fn
+                {source, {:ok, %{nodes: [_ | _] = nodes}}}, last ->
+                  Map.put(last, source, MapSet.new(nodes))
+
+                _, last ->
+                  last
+              end)
+
+            still_listed = MapSet.union(last[@a], last[@b])
+
+            for {:disconnect, node} <- jobs(actions) do
+              refute MapSet.member?(still_listed, node),
+                     "seed #{seed}, sequence #{sequence}, step #{step}: disconnected #{node}, " <>
+                       "which a source's last success still lists"
+            end
+
+            # Every job ends well at once.
+            {state, connected} =
+              Enum.reduce(jobs(actions), {state, connected}, fn {kind, node},
+                                                                {state, connected} ->
+                {state, _} = Membership.job_done(state, kind, node, {:returned, true, 1})
+
+                connected =
+                  if kind == :connect,
+                    do: MapSet.put(connected, node),
+                    else: MapSet.delete(connected, node)
+
+                {state, connected}
+              end)
+
+            {state, last, connected}
+        end)
+      end
+    end
+
+    defp connect_all(state, nodes) do
+      Enum.reduce(nodes, state, fn node, state ->
+        elem(Membership.job_done(state, :connect, node, {:returned, true, 1}), 0)
+      end)
+    end
+  end
+
   # -- Properties over random sequences of events ---------------------------------------------
 
   # StreamData is a hex package, so the generator is a small one over :rand. The seed is printed
   # with every failure; MEMBERSHIP_SEED=<seed> replays a run.
   @sequences 2_000
   @events 40
-  @universe for i <- 1..8, do: :"app@pod-#{i}.svc"
 
   describe "the contract, over #{@sequences} random sequences of #{@events} events" do
     test "holds after every event" do

@@ -31,8 +31,9 @@ mod nif {
     use crate::error::{panic_message, Error};
     use crate::names::{self, Candidate, Naming, Rules};
     use crate::plan;
-    use crate::resolver::{Options, SrvResolver};
+    use crate::resolver::{Found, Options, Source, SrvResolver};
     use crate::runtime::runtime;
+    use hickory_resolver::proto::rr::RecordType;
 
     mod atoms {
         rustler::atoms! {
@@ -56,6 +57,9 @@ mod nif {
             servers,
             search,
             ndots,
+            srv,
+            a,
+            aaaa,
         }
     }
 
@@ -152,28 +156,37 @@ mod nif {
     }
 
     /// Starts a lookup on the shared runtime and returns at once. The caller later receives
-    /// exactly one `{:cluster_srv_lookup, tag, {:ok, records} | {:error, reason}}`.
+    /// exactly one `{:cluster_srv_lookup, tag, {:ok, found} | {:error, reason}}`: the records
+    /// for `:srv`, the addresses for `:a` and `:aaaa`.
     #[rustler::nif]
     fn start_lookup<'a>(
         env: Env<'a>,
         resource: ResourceArc<ResolverResource>,
         name: Binary<'a>,
+        record_type: Atom,
         fill_addresses: bool,
         tag: Term<'a>,
     ) -> Term<'a> {
         guarded(env, || {
             let name = utf8_name(name);
+            let record_type = decode_type(record_type);
             spawn_reply(env, tag, async move {
-                let records = resource.resolver.lookup(&name?, fill_addresses).await?;
-                Ok(Answer::Records(records))
+                let (name, record_type) = (name?, record_type?);
+                if record_type == RecordType::SRV {
+                    let records = resource.resolver.lookup(&name, fill_addresses).await?;
+                    Ok(Answer::Records(records))
+                } else {
+                    let found = resource.resolver.addresses_of(&name, record_type).await?;
+                    Ok(Answer::Addresses(found))
+                }
             })
         })
     }
 
     /// Starts a lookup whose answer is turned into node names on the runtime, so the caller
     /// receives only `{:cluster_srv_lookup, tag, {:ok, %{records: count, nodes: [atom],
-    /// rejected: [{target, reason}]}} | {:error, reason}}`. This is the strategy's poll: none
-    /// of the answer's records reach the caller's heap, and no scheduler runs the validation.
+    /// rejected: [{target, reason}]}} | {:error, reason}}`: none of the answer's records reach
+    /// the caller's heap, and no scheduler runs the validation.
     #[rustler::nif]
     #[allow(clippy::too_many_arguments)]
     fn start_discover<'a>(
@@ -194,6 +207,64 @@ mod nif {
                 Ok(Answer::Names { records, outcome })
             })
         })
+    }
+
+    /// Starts a discovery of several sources at once, each `{name, type, basename, domain,
+    /// naming}`: the caller receives `{:cluster_srv_lookup, tag, {:ok, [result]}}`, a result
+    /// per source in their order. An SRV source's result is `{:ok, %{records: count, nodes:
+    /// [atom], rejected: [{target, reason}]}}`, its targets turned into node names here, so
+    /// that none of the records reach the caller's heap and no scheduler runs the validation;
+    /// an A or AAAA source's is `{:ok, %{records: count, addresses: [ip]}}`; a failed one's is
+    /// `{:error, reason}`. This is the strategy's poll.
+    #[rustler::nif]
+    fn start_discover_all<'a>(
+        env: Env<'a>,
+        resource: ResourceArc<ResolverResource>,
+        sources: Vec<(Binary<'a>, Atom, String, Option<String>, Atom)>,
+        max_nodes: usize,
+        tag: Term<'a>,
+    ) -> Term<'a> {
+        guarded(env, || {
+            let sources: Vec<Result<Source, Error>> = sources
+                .into_iter()
+                .map(|(name, record_type, basename, domain, naming)| {
+                    Ok(Source {
+                        // A name that is not UTF-8 is refused as an invalid name by the lookup.
+                        name: String::from_utf8_lossy(name.as_slice()).into_owned(),
+                        record_type: decode_type(record_type)?,
+                        rules: rules(basename, domain, naming, max_nodes),
+                    })
+                })
+                .collect();
+            spawn_reply(env, tag, async move {
+                let valid: Vec<Source> = sources.iter().flatten().cloned().collect();
+                let mut found = resource.resolver.discover_many(&valid).await.into_iter();
+                let results = sources
+                    .into_iter()
+                    .map(|source| match source {
+                        Ok(_) => found
+                            .next()
+                            .unwrap_or_else(|| Err(Error::Io("a source gave no result".into()))),
+                        Err(error) => Err(error),
+                    })
+                    .collect();
+                Ok(Answer::Discovered(results))
+            })
+        })
+    }
+
+    fn decode_type(record_type: Atom) -> Result<RecordType, Error> {
+        if record_type == atoms::srv() {
+            Ok(RecordType::SRV)
+        } else if record_type == atoms::a() {
+            Ok(RecordType::A)
+        } else if record_type == atoms::aaaa() {
+            Ok(RecordType::AAAA)
+        } else {
+            Err(Error::Io(
+                "the record type must be :srv, :a or :aaaa".to_string(),
+            ))
+        }
     }
 
     fn utf8_name(name: Binary<'_>) -> Result<String, Error> {
@@ -219,24 +290,60 @@ mod nif {
     /// What a lookup task sends back.
     enum Answer {
         Records(Vec<SrvRecord>),
+        Addresses(Vec<IpAddr>),
         Names {
             records: usize,
             outcome: names::Outcome,
         },
+        Discovered(Vec<Result<Found, Error>>),
     }
 
     impl Answer {
         fn encode<'a>(&self, env: Env<'a>) -> Result<Term<'a>, Error> {
             match self {
                 Answer::Records(records) => Ok(encode_records(env, records)),
-                Answer::Names { records, outcome } => {
-                    let (nodes, rejected) = encode_outcome(env, outcome)?;
-                    let keys = [atoms::nodes(), atoms::records(), atoms::rejected()]
-                        .map(|k| k.encode(env));
-                    let values = [nodes, records.encode(env), rejected];
-                    Term::map_from_term_arrays(env, &keys, &values)
-                        .map_err(|_| Error::Io("cannot build the answer map".to_string()))
+                Answer::Addresses(addresses) => Ok(addresses
+                    .iter()
+                    .map(|ip| encode_ip(env, ip))
+                    .collect::<Vec<Term<'a>>>()
+                    .encode(env)),
+                Answer::Discovered(results) => {
+                    let mut terms = Vec::with_capacity(results.len());
+                    for result in results {
+                        terms.push(match result {
+                            Ok(found) => (atoms::ok(), encode_found(env, found)?).encode(env),
+                            Err(error) => (atoms::error(), error).encode(env),
+                        });
+                    }
+                    Ok(terms.encode(env))
                 }
+                Answer::Names { records, outcome } => encode_names(env, *records, outcome),
+            }
+        }
+    }
+
+    /// `%{records: count, nodes: [atom], rejected: [{target, reason}]}`.
+    fn encode_names<'a>(
+        env: Env<'a>,
+        records: usize,
+        outcome: &names::Outcome,
+    ) -> Result<Term<'a>, Error> {
+        let (nodes, rejected) = encode_outcome(env, outcome)?;
+        let keys = [atoms::nodes(), atoms::records(), atoms::rejected()].map(|k| k.encode(env));
+        let values = [nodes, records.encode(env), rejected];
+        Term::map_from_term_arrays(env, &keys, &values)
+            .map_err(|_| Error::Io("cannot build the answer map".to_string()))
+    }
+
+    fn encode_found<'a>(env: Env<'a>, found: &Found) -> Result<Term<'a>, Error> {
+        match found {
+            Found::Names { records, outcome } => encode_names(env, *records, outcome),
+            Found::Addresses(addresses) => {
+                let ips: Vec<Term<'a>> = addresses.iter().map(|ip| encode_ip(env, ip)).collect();
+                let keys = [atoms::addresses(), atoms::records()].map(|k| k.encode(env));
+                let values = [ips.encode(env), addresses.len().encode(env)];
+                Term::map_from_term_arrays(env, &keys, &values)
+                    .map_err(|_| Error::Io("cannot build the answer map".to_string()))
             }
         }
     }

@@ -48,6 +48,27 @@ pub struct Options {
     pub deadline: Duration,
 }
 
+/// One name to ask in a discovery, with the type to ask for and, for SRV, the rules that turn
+/// its targets into node names.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub record_type: RecordType,
+    pub rules: Rules,
+}
+
+/// What one source of a discovery found.
+#[derive(Debug)]
+pub enum Found {
+    /// From an SRV answer: the number of records, and the node names made of them.
+    Names {
+        records: usize,
+        outcome: names::Outcome,
+    },
+    /// From an A or AAAA answer: the addresses, which the caller names.
+    Addresses(Vec<IpAddr>),
+}
+
 /// A configured resolver. It holds only its configuration: no socket, connection or answer
 /// outlives the lookup that used it, so a fault can never outlast the lookup it broke.
 pub struct SrvResolver {
@@ -147,6 +168,56 @@ impl SrvResolver {
             addresses: &record.addresses,
         });
         Ok((records.len(), names::node_names(candidates, rules)))
+    }
+
+    /// Looks up the addresses of `name`: its A records (`RecordType::A`) or AAAA records
+    /// (`RecordType::AAAA`), sorted and each kept once, so that every caller sees them in one
+    /// order. No records of the type is `Error::NoRecords`.
+    pub async fn addresses_of(
+        &self,
+        name: &str,
+        record_type: RecordType,
+    ) -> Result<Vec<IpAddr>, Error> {
+        let query = parse_query_name(name)?;
+        let answer = tokio::time::timeout(self.deadline, self.resolve(&query, record_type))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        let mut found: Vec<IpAddr> = answer
+            .answers
+            .iter()
+            .filter(|record| record.record_type() == record_type)
+            .filter_map(|record| match &record.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                _ => None,
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        if found.is_empty() {
+            Err(Error::NoRecords)
+        } else {
+            Ok(found)
+        }
+    }
+
+    /// Looks up every source at once and gives what each found, in their order: node names for
+    /// an SRV source (see `discover`), addresses for an A or AAAA one. One source's failure is
+    /// its own: the others' results stand.
+    pub async fn discover_many(&self, sources: &[Source]) -> Vec<Result<Found, Error>> {
+        futures_util::future::join_all(sources.iter().map(|source| async move {
+            match source.record_type {
+                RecordType::SRV => self
+                    .discover(&source.name, &source.rules)
+                    .await
+                    .map(|(records, outcome)| Found::Names { records, outcome }),
+                record_type => self
+                    .addresses_of(&source.name, record_type)
+                    .await
+                    .map(Found::Addresses),
+            }
+        }))
+        .await
     }
 
     async fn srv_records(&self, name: &str) -> Result<Vec<SrvRecord>, Error> {
