@@ -2,7 +2,7 @@
 # Both install what is missing first (Debian packages; Rust is expected on the machine).
 
 SHELL := /bin/bash
-DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils
+DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:/usr/sbin:$(PATH)
 
