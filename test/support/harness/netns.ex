@@ -116,13 +116,13 @@ defmodule ClusterSRV.Harness.Netns do
     end
   end
 
-  @doc "The namespaces of this run that exist now."
-  def leftovers do
+  @doc "The namespaces of a run (by default this one) that exist now."
+  def leftovers(tag \\ run_tag()) do
     {output, _} = System.cmd(ip(), ["netns", "list"], stderr_to_stdout: true)
 
     for line <- String.split(output, "\n", trim: true),
         [ns | _] = String.split(line),
-        String.starts_with?(ns, "csrv-#{run_tag()}-"),
+        String.starts_with?(ns, "csrv-#{tag}-"),
         do: ns
   end
 
