@@ -111,13 +111,23 @@ defmodule ClusterSRV.Integration.E2ETest do
   # node at a time would have been stuck behind the dead pods, whose names sort first.
   defp assert_linked_despite_dead(cluster, new) do
     dead = NetnsCluster.dead_nodes(cluster)
+
+    # The others may have linked a new pod before its own strategy's first poll ran.
+    tried = fn pod, calls -> Enum.count(calls, &(&1.from == pod.name and &1.node in dead)) end
+
+    eventually(
+      fn -> Enum.all?(new, &(tried.(&1, strategy_connects(cluster)) >= 3)) end,
+      System.monotonic_time(:millisecond) + 2 * @interval
+    )
+
     calls = strategy_connects(cluster)
 
     for pod <- new do
       ready = Pod.info(pod).ready_at
 
-      assert Enum.count(calls, &(&1.from == pod.name and &1.node in dead)) == 3,
-             "#{pod.label}'s strategy did not try the 3 dead pods"
+      assert tried.(pod, calls) == 3,
+             "#{pod.label}'s strategy did not try the 3 dead pods once each:\n" <>
+               NetnsCluster.timeline(cluster, ready - 3_000)
 
       links =
         Enum.filter(calls, fn call ->
@@ -135,6 +145,15 @@ defmodule ClusterSRV.Integration.E2ETest do
 
       assert overlapping != [],
              "no connect linked #{pod.label} while a dead connect hung: #{inspect(links)}"
+    end
+  end
+
+  # Waits until `fun` holds, polling every 20 ms; false at the deadline (monotonic ms).
+  defp eventually(fun, deadline) do
+    cond do
+      fun.() -> true
+      System.monotonic_time(:millisecond) >= deadline -> false
+      true -> Process.sleep(20) && eventually(fun, deadline)
     end
   end
 
