@@ -144,7 +144,7 @@ defmodule ClusterSRV.Integration.NetnsHarnessTest do
   Process.sleep(:infinity)
   """
 
-  test "nothing a VM made outlives it when it is killed with SIGKILL" do
+  test "nothing a VM made outlives it when it is killed with SIGKILL: namespaces, processes, files" do
     run = "janitor#{System.unique_integer([:positive])}"
     tag = String.slice(run, -8, 8)
     ebin = ClusterSRV.Harness.Network |> :code.which() |> List.to_string() |> Path.dirname()
@@ -168,6 +168,8 @@ defmodule ClusterSRV.Integration.NetnsHarnessTest do
       # namespaces (named, the pods' VMs, their epmd daemons).
       processes = descendants(vm) ++ Enum.flat_map(namespaces, &Netns.pids/1)
       assert length(processes) >= 8
+      # And its files: BIND's and the pods' directories.
+      assert length(Path.wildcard(Path.join(System.tmp_dir!(), "cluster_srv_*_#{run}_*"))) >= 2
 
       System.cmd("kill", ["-KILL", vm])
       gone_at = System.monotonic_time(:millisecond) + 5_000
@@ -175,7 +177,8 @@ defmodule ClusterSRV.Integration.NetnsHarnessTest do
       left = fn ->
         Netns.leftovers(tag) ++
           Enum.filter(namespaces, &File.exists?(Netns.etc_dir(&1))) ++
-          Enum.filter(processes, &alive?/1)
+          Enum.filter(processes, &alive?/1) ++
+          Path.wildcard(Path.join(System.tmp_dir!(), "cluster_srv_*_#{run}_*"))
       end
 
       Stream.repeatedly(fn -> Process.sleep(100) end)

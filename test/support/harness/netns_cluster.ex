@@ -104,11 +104,13 @@ defmodule ClusterSRV.Harness.NetnsCluster do
 
     {:ok, registry} = Agent.start_link(fn -> [] end)
     target = if layout == :pod_ip, do: :ip, else: :hostname
+    dir = Watchdog.tmp_dir("cluster_srv_pods")
+    Network.track_dir(network, dir)
 
     %__MODULE__{
       network: network,
       registry: registry,
-      dir: Watchdog.tmp_dir("cluster_srv_pods"),
+      dir: dir,
       service: Zone.service(name, namespace, ports: ports, target: target),
       layout: layout,
       app: app,
@@ -149,14 +151,17 @@ defmodule ClusterSRV.Harness.NetnsCluster do
     )
     |> Stream.run()
 
-    for %Network.Sandbox{} = sandbox <- started,
-        do: Network.remove_sandbox(cluster.network, sandbox)
+    try do
+      for %Network.Sandbox{} = sandbox <- started,
+          do: Network.remove_sandbox(cluster.network, sandbox)
+    catch
+      # The network went first (it stops with the process that started it): it has removed
+      # the sandboxes itself.
+      :exit, _ -> :ok
+    end
 
     File.rm_rf(cluster.dir)
     :ok
-  catch
-    # The network went first: it has removed the sandboxes itself.
-    :exit, _ -> :ok
   end
 
   defp register(%__MODULE__{registry: registry}, things),

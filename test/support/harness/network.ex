@@ -77,6 +77,9 @@ defmodule ClusterSRV.Harness.Network do
   def remove_sandbox(%__MODULE__{pid: pid}, %Sandbox{} = sandbox),
     do: GenServer.call(pid, {:remove, sandbox}, 30_000)
 
+  @doc "Has the network's janitor remove `dir` when the network goes, even if the VM is killed."
+  def track_dir(%__MODULE__{pid: pid}, dir), do: GenServer.call(pid, {:track_dir, dir})
+
   @doc "An address on the pod network that no sandbox holds and none ever will."
   def unheld_ip(%__MODULE__{pid: pid}), do: GenServer.call(pid, :unheld_ip)
 
@@ -206,6 +209,8 @@ defmodule ClusterSRV.Harness.Network do
     dns =
       DNS.start!(Keyword.take(opts, [:services, :extra]) ++ [netns: ns, ip: @dns_ip, port: 53])
 
+    Janitor.track(janitor, :dir, dns.dir)
+
     {:ok,
      %{
        ns: ns,
@@ -254,6 +259,11 @@ defmodule ClusterSRV.Harness.Network do
     {:reply, :ok, %{state | sandboxes: Map.delete(state.sandboxes, ns)}}
   end
 
+  def handle_call({:track_dir, dir}, _from, state) do
+    Janitor.track(state.janitor, :dir, dir)
+    {:reply, :ok, state}
+  end
+
   def handle_call(:unheld_ip, _from, state) do
     {ip, state} = next_ip(state)
     {:reply, ip, state}
@@ -271,6 +281,8 @@ defmodule ClusterSRV.Harness.Network do
         forwarders: [List.to_string(:inet.ntoa(@dns_ip))],
         cache_ttl: Keyword.get(opts, :cache_ttl, 30)
       )
+
+    Janitor.track(state.janitor, :dir, cache.dir)
 
     {:reply, cache, %{state | caches: [cache | state.caches]}}
   end

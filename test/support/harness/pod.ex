@@ -218,13 +218,15 @@ defmodule ClusterSRV.Harness.Pod do
     Watchdog.open(ip, args, env: env)
   end
 
-  # What kubelet gives a container, and nothing of the test VM's own DNS settings.
+  # What kubelet gives a container, and nothing of the test VM's own VM or DNS settings.
   defp pod_env(opts) do
     [
       {"POD_IP", List.to_string(:inet.ntoa(Keyword.fetch!(opts, :ip)))},
       {"ERL_INETRC", false},
       {"ERL_AFLAGS", false},
+      {"ERL_FLAGS", false},
       {"ERL_ZFLAGS", false},
+      {"ELIXIR_ERL_OPTIONS", false},
       {"RELEASE_NODE", false},
       {"NODE_HOST", false}
     ]
