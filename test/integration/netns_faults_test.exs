@@ -122,14 +122,14 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     # OTP's default: a connection setup gives up after this long.
     @setuptime 7_000
 
-    # Why not within one interval: while the pod was cut off, the other pods' strategies kept
-    # connecting to it (DNS still lists it), and global queued messages for the pods the
-    # partitioned one had lost. Each such connection setup waits in TCP's SYN back-off (1, 3,
-    # 7 s) until net_setuptime. When the link returns, they complete or fail at their own
-    # pace: the handshake turns away a new connection from a node whose own setup is still
-    # pending, and global, delivering its stale "lost connection" news, disconnects pods to
-    # prevent overlapping partitions. The strategies then connect again at their next poll.
-    # So the mesh is whole again at the latest one interval after the last such setup ended.
+    # Why not within one interval: while the pod was cut off, the others' strategies kept
+    # connecting to it (DNS still lists it), and so did OTP's global. Each such setup waits in
+    # TCP's SYN back-off until net_setuptime. After the link returns, a node whose own setup to
+    # the pod is still pending turns the pod's connection away (OTP's handshake keeps the
+    # pending one), and global, seeing connections come back unevenly, disconnects pods to
+    # prevent overlapping partitions, even pods that were never cut off. The strategies
+    # connect again at their next poll, so the mesh is whole one interval after the last such
+    # setup has ended: within net_setuptime and one interval.
     test "a pod cut off for longer than net_ticktime is back in the full mesh after its link returns, and no strategy dropped it",
          %{network: network} do
       cluster = cluster!(network, "part", erl: "-kernel net_ticktime #{@ticktime}")
@@ -152,9 +152,10 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
         )
 
       assert noticed, NetnsCluster.timeline(cluster, cut_at)
+      # By the tick timeout, not at once.
       assert now() - cut_at >= @ticktime * 1_000 * 3 / 4
 
-      # Twice net_ticktime, long enough for connects made during the partition to time out.
+      # Twice net_ticktime in all.
       Process.sleep(max(cut_at + 2 * @ticktime * 1_000 - now(), 0))
       NetnsCluster.heal(cluster, victim, :link)
       returned_at = now()
