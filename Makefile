@@ -2,7 +2,7 @@
 # Both install what is missing first (Debian packages; Rust is expected on the machine).
 
 SHELL := /bin/bash
-DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils
+DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:/usr/sbin:$(PATH)
 
@@ -41,12 +41,22 @@ test: setup $(K8S_VALIDATE)
 	CLUSTER_SRV_RUN=$(RUN) RUST_BACKTRACE=0 mix test
 	@$(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN)
 
-# The harness must leave no pod VM and no named behind. Everything a run starts carries its
-# run id in its command line (see Watchdog.tmp_dir/1); give exiting processes a moment.
-RUN ?= $(shell date +%s%N)
+# The harness must leave no pod VM, no named, no network namespace and no /etc/netns entry
+# behind. Every process a run starts carries its run id in its command line (see
+# Watchdog.tmp_dir/1), and every namespace the last 8 characters of it (see Netns.run_tag/0);
+# give exiting processes a moment.
+# Expanded once: with `?=` every $(RUN) would run `date` again, and the check would look for
+# another run's leftovers.
+ifndef RUN
+RUN := $(shell date +%s%N)
+endif
 check-no-leftovers:
-	@for i in $$(seq 50); do pgrep -f '[c]luster_srv_[a-z]*_$(RUN)_' >/dev/null || exit 0; sleep 0.1; done; \
-	echo "left running by the tests:"; pgrep -af '[c]luster_srv_[a-z]*_$(RUN)_'; exit 1
+	@tag=$$(printf '%s' '$(RUN)' | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9' | tail -c 8); \
+	left() { pgrep -af '[c]luster_srv_[a-z]*_$(RUN)_'; \
+	  ip netns list 2>/dev/null | awk '{print "namespace " $$1}' | grep " csrv-$$tag-"; \
+	  ls -d /etc/netns/csrv-$$tag-* 2>/dev/null; }; \
+	for i in $$(seq 50); do [ -z "$$(left)" ] && exit 0; sleep 0.1; done; \
+	echo "left behind by the tests:"; left; exit 1
 
 demo: setup
 	mix run demo/demo.exs

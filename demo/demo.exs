@@ -1,36 +1,40 @@
 # `make demo`: a local cluster formed from DNS SRV records.
 #
-# A real BIND serves a CoreDNS-shaped cluster.local; each pod is a real BEAM node on its own
-# loopback address, running ClusterSRV.Strategy as libcluster starts it. The story plays live.
+# Where network namespaces are allowed (root on Linux), the pods are built as Kubernetes builds
+# them: each BEAM node in its own network namespace, with its own address, host name and epmd,
+# and kubelet's /etc/hosts and /etc/resolv.conf; a real BIND serves a CoreDNS-shaped
+# cluster.local at 10.96.0.10:53, and the strategy has no nameservers option. Elsewhere, the
+# loopback cluster: each pod on its own 127.x address, BIND on a high port. The story plays live.
 
 defmodule Demo do
-  alias ClusterSRV.Harness.{DNS, LocalCluster, Pod}
+  alias ClusterSRV.Harness.{DNS, LocalCluster, Netns, Network, NetnsCluster, Pod}
 
   @interval 1_000
+  @outage 6_000
 
   def run do
     # Marks what this run starts, so the end can check that it left nothing running.
     System.put_env("CLUSTER_SRV_RUN", "demo#{System.os_time()}")
     started = now()
     Process.put(:t0, started)
-    dns = DNS.start!()
 
-    say("""
-    libcluster_srv demo: BIND9 serves cluster.local on #{DNS.nameserver(dns)}; every pod is a BEAM
-    node on its own 127.x address, running ClusterSRV.Strategy with this config:
+    {kind, reason} =
+      cond do
+        System.get_env("CLUSTER_SRV_DEMO") == "loopback" ->
+          {:loopback, "CLUSTER_SRV_DEMO=loopback asks for it"}
 
-        service: "myapp-headless", namespace: "default", application_name: "myapp",
-        polling_interval: #{@interval}, nameservers: ["#{DNS.nameserver(dns)}"]
-    """)
+        reason = Netns.unavailable_reason() ->
+          {:loopback, reason}
 
-    cluster =
-      LocalCluster.start!(
-        dns: dns,
-        service: "myapp-headless",
-        polling_interval: @interval,
-        subscriber: self(),
-        config: [timeout: 300, attempts: 1]
-      )
+        true ->
+          {:netns, nil}
+      end
+
+    {world, dns} = start_world(kind)
+    Process.put(:world, world)
+    say(intro(kind, reason, dns))
+
+    cluster = start_cluster(world, service: "myapp-headless")
 
     try do
       cluster = step1(cluster)
@@ -38,36 +42,109 @@ defmodule Demo do
       cluster = step3(cluster)
       cluster = step4(cluster)
       step5(cluster, dns)
-      LocalCluster.stop(cluster)
+      stop_cluster(cluster)
       # The first cluster's pods leaving is not part of the story.
       flush_events()
-      step6(dns)
+      step6(world)
     after
-      LocalCluster.stop(cluster)
-      DNS.stop(dns)
+      stop_cluster(cluster)
+      stop_world(world)
     end
 
     say("\nDone in #{Float.round((now() - started) / 1000, 1)} s. #{leftovers()}")
   end
 
-  # Checked, not assumed: the pods' VMs and BIND are gone.
-  defp leftovers do
-    IO.puts(
-      elem(
-        System.cmd("sh", [
-          "-c",
-          "ps -ef | grep -E 'PodAgent|cluster_srv_dns_' | grep -v grep | cut -c1-150"
-        ]),
-        0
-      )
+  # -- The two clusters, behind one set of calls ---------------------------------------------
+
+  defp start_world(:netns) do
+    network = Network.start!()
+    {{:netns, network}, Network.dns(network)}
+  end
+
+  defp start_world(:loopback) do
+    dns = DNS.start!()
+    {{:loopback, dns}, dns}
+  end
+
+  defp stop_world({:netns, network}), do: Network.stop(network)
+  defp stop_world({:loopback, dns}), do: DNS.stop(dns)
+
+  defp start_cluster({:netns, network}, opts) do
+    NetnsCluster.start!(
+      [network: network, polling_interval: @interval, subscriber: self()] ++ opts
     )
+  end
 
+  # Short DNS timeouts, so that lookups fail within the outage on loopback too.
+  defp start_cluster({:loopback, dns}, opts) do
+    LocalCluster.start!(
+      [
+        dns: dns,
+        polling_interval: @interval,
+        subscriber: self(),
+        config: [timeout: 300, attempts: 1]
+      ] ++ opts
+    )
+  end
+
+  defp module(%NetnsCluster{}), do: NetnsCluster
+  defp module(%LocalCluster{}), do: LocalCluster
+
+  defp stop_cluster(cluster), do: module(cluster).stop(cluster)
+  defp add_pods(cluster, n), do: module(cluster).add_pods(cluster, n)
+  defp kill_pod(cluster, pod), do: module(cluster).kill_pod(cluster, pod)
+  defp add_dead(cluster, n), do: module(cluster).add_dead(cluster, n)
+  defp clear_dead(cluster), do: module(cluster).clear_dead(cluster)
+  defp dead_nodes(cluster), do: module(cluster).dead_nodes(cluster)
+  defp pods(cluster), do: module(cluster).pods(cluster)
+  defp try_mesh(cluster), do: module(cluster).await_mesh(cluster, 0)
+
+  defp intro(:netns, nil, dns) do
+    """
+    libcluster_srv demo: pods in network namespaces, built as Kubernetes builds them.
+
+    A real BIND9 serves cluster.local at #{DNS.nameserver(dns)}, the DNS service address of a
+    cluster network that has no way out. Every pod is a BEAM node in its own network
+    namespace, with its own address on the pod network, host name, epmd on 4369, and the
+    /etc/hosts and /etc/resolv.conf kubelet writes; it names itself myapp@$(hostname -f) and
+    runs ClusterSRV.Strategy with this config (no nameservers: it reads its resolv.conf):
+
+        service: "myapp-headless", namespace: "default", application_name: "myapp",
+        polling_interval: #{@interval}
+    """
+  end
+
+  defp intro(:loopback, reason, dns) do
+    """
+    libcluster_srv demo: the loopback cluster, the fallback where pods in network namespaces cannot run.
+    Why: #{reason}.
+
+    BIND9 serves cluster.local on #{DNS.nameserver(dns)}; every pod is a BEAM node on its own
+    127.x address, running ClusterSRV.Strategy with this config:
+
+        service: "myapp-headless", namespace: "default", application_name: "myapp",
+        polling_interval: #{@interval}, nameservers: ["#{DNS.nameserver(dns)}"]
+    """
+  end
+
+  # Checked, not assumed: the pods' VMs, BIND and the namespaces are gone.
+  defp leftovers do
     pattern = "cluster_srv_[a-z]*_#{System.get_env("CLUSTER_SRV_RUN")}_"
-    {left, _} = System.cmd("pgrep", ["-f", pattern])
+    {left, _} = System.cmd("pgrep", ["-af", pattern])
+    processes = String.split(left, "\n", trim: true)
 
-    case String.split(left, "\n", trim: true) do
-      [] -> "No pod VM and no named is left running."
-      left -> "Still running (a bug): #{Enum.join(left, ", ")}"
+    case Process.get(:world) do
+      {:netns, _} ->
+        case processes ++ Netns.leftovers() do
+          [] -> "No pod VM, no named and no namespace is left."
+          left -> "Still there (a bug): #{Enum.join(left, ", ")}"
+        end
+
+      {:loopback, _} ->
+        case processes do
+          [] -> "No pod VM and no named is left running."
+          left -> "Still running (a bug): #{Enum.join(left, ", ")}"
+        end
     end
   end
 
@@ -81,9 +158,10 @@ defmodule Demo do
 
   defp step1(cluster) do
     heading(1, "Start 3 pods (a StatefulSet) and list them in DNS")
-    {cluster, pods} = LocalCluster.add_pods(cluster, 3)
+    {cluster, pods} = add_pods(cluster, 3)
     for pod <- pods, do: say("  #{pod.label} is #{pod.name} on #{:inet.ntoa(pod.ip)}")
     ready = last_ready(pods)
+    if pod_view = pod_view(hd(pods)), do: say(pod_view)
     ms = await_mesh(cluster)
     table(cluster)
     proves("3 pods formed a full mesh #{ms - ready} ms after the last one started.")
@@ -92,7 +170,7 @@ defmodule Demo do
 
   defp step2(cluster) do
     heading(2, "Scale to 5 pods")
-    {cluster, pods} = LocalCluster.add_pods(cluster, 2)
+    {cluster, pods} = add_pods(cluster, 2)
     ready = last_ready(pods)
     ms = await_mesh(cluster)
     table(cluster)
@@ -101,15 +179,15 @@ defmodule Demo do
   end
 
   defp step3(cluster) do
-    heading(3, "Kill #{hd(LocalCluster.pods(cluster)).label} and remove it from DNS")
-    victim = hd(LocalCluster.pods(cluster))
+    heading(3, "Kill #{hd(pods(cluster)).label} and remove it from DNS")
+    victim = hd(pods(cluster))
     t = now()
-    cluster = LocalCluster.kill_pod(cluster, victim)
+    cluster = kill_pod(cluster, victim)
     ms = await_mesh(cluster)
     drain_events(2 * @interval)
     table(cluster)
 
-    still = for pod <- LocalCluster.pods(cluster), victim.name in Pod.members(pod), do: pod.label
+    still = for pod <- pods(cluster), victim.name in Pod.members(pod), do: pod.label
 
     proves(
       "the others dropped it within #{ms - t} ms, and no strategy brought it back (#{length(still)} pods see it)."
@@ -124,19 +202,18 @@ defmodule Demo do
       "List a dead pod in DNS (it accepts connections and never answers), then add a pod"
     )
 
-    cluster = LocalCluster.add_dead(cluster, 1)
-    [dead] = LocalCluster.dead_nodes(cluster)
+    cluster = add_dead(cluster, 1)
+    [dead] = dead_nodes(cluster)
     say("  #{short(dead)} is #{dead}: a connect to it hangs for net_setuptime (7 s)")
     drain_events(@interval + 300)
-    {cluster, [pod]} = LocalCluster.add_pods(cluster, 1)
+    {cluster, [pod]} = add_pods(cluster, 1)
     ready = Pod.info(pod).ready_at
     ms = await_mesh(cluster)
     table(cluster)
 
     # Pods whose strategy started a connect to the dead pod that has not ended yet.
-    # Pods whose strategy started a connect to the dead pod that has not ended yet.
     pending =
-      for p <- LocalCluster.pods(cluster),
+      for p <- pods(cluster),
           connects = for({_, ^dead, event} <- Pod.info(p).connects, do: event),
           List.last(connects) == :start,
           do: p.label
@@ -146,19 +223,19 @@ defmodule Demo do
         "connects to #{short(dead)} were still hanging: connects run in parallel."
     )
 
-    LocalCluster.clear_dead(cluster)
+    clear_dead(cluster)
   end
 
   defp step5(cluster, dns) do
-    heading(5, "Stop the DNS server for 4 s, then start it again")
-    pods = LocalCluster.pods(cluster)
+    heading(5, "Stop the DNS server for #{div(@outage, 1000)} s, then start it again")
+    pods = pods(cluster)
     before = Map.new(pods, &{&1.label, Pod.members(&1)})
     DNS.pause(dns)
     say("  #{clock()} BIND stopped: every lookup now times out")
-    drain_events(4_000)
+    drain_events(@outage)
     changed = for pod <- pods, Pod.members(pod) != before[pod.label], do: pod.label
+    say("  #{clock()} BIND starts again")
     DNS.resume(dns)
-    say("  #{clock()} BIND started again")
     drain_events(2 * @interval)
     table(cluster)
     after_changed = for pod <- pods, Pod.members(pod) != before[pod.label], do: pod.label
@@ -169,26 +246,16 @@ defmodule Demo do
     )
   end
 
-  defp step6(dns) do
+  defp step6(world) do
     heading(6, "The Deployment layout: _discovery._tcp with pod-name targets")
-
-    cluster =
-      LocalCluster.start!(
-        dns: dns,
-        service: "web-headless",
-        app: "web",
-        layout: :deployment,
-        polling_interval: @interval,
-        subscriber: self(),
-        config: [timeout: 300, attempts: 1]
-      )
+    cluster = start_cluster(world, service: "web-headless", app: "web", layout: :deployment)
 
     try do
       say(
         "  the strategy asks _discovery._tcp.web-headless.default.svc.cluster.local. (port_name: \"discovery\")"
       )
 
-      {cluster, pods} = LocalCluster.add_pods(cluster, 3)
+      {cluster, pods} = add_pods(cluster, 3)
       for pod <- pods, do: say("  #{pod.label} is #{pod.name}")
       ready = last_ready(pods)
       ms = await_mesh(cluster)
@@ -198,8 +265,23 @@ defmodule Demo do
         "3 Deployment pods named after their pods formed a mesh #{ms - ready} ms after the last started."
       )
     after
-      LocalCluster.stop(cluster)
+      stop_cluster(cluster)
     end
+  end
+
+  # What a pod sees from inside, in a namespace pod: its host name and kubelet's resolv.conf.
+  defp pod_view(%Pod{netns: nil}), do: nil
+
+  defp pod_view(pod) do
+    in_pod = fn argv ->
+      args = ["-t", Pod.info(pod).os_pid, "-n", "-m", "-u" | argv]
+      {out, 0} = System.cmd("nsenter", args, stderr_to_stdout: true)
+      String.trim(out)
+    end
+
+    resolv = in_pod.(~w(cat /etc/resolv.conf)) |> String.split("\n") |> Enum.join("; ")
+
+    "  inside #{pod.label}: hostname -f is #{in_pod.(~w(hostname -f))}; /etc/resolv.conf: #{resolv}"
   end
 
   # -- Waiting, with live output ---------------------------------------------------------------
@@ -210,7 +292,7 @@ defmodule Demo do
   end
 
   defp await_mesh(cluster, deadline) do
-    case LocalCluster.await_mesh(cluster, 0) do
+    case try_mesh(cluster) do
       {:ok, _} ->
         drain_events(0)
         now()
@@ -265,7 +347,7 @@ defmodule Demo do
   # -- Output ------------------------------------------------------------------------------------
 
   defp table(cluster) do
-    pods = LocalCluster.pods(cluster)
+    pods = pods(cluster)
     labels = Enum.map(pods, & &1.label)
     width = labels |> Enum.map(&String.length/1) |> Enum.max()
     say("")

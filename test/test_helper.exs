@@ -1,3 +1,17 @@
 # Integration tests start a real BIND (and, later, real BEAM nodes); `--exclude integration`
 # skips them for a quick loop. `make test` runs everything.
-ExUnit.start(capture_log: true)
+#
+# Tests tagged `netns` build pods in network namespaces (root on Linux). Whether this machine
+# allows that is probed once, by making and deleting a namespace; where it does not, they are
+# excluded and the reason is printed once.
+netns_exclusion =
+  case ClusterSRV.Harness.Netns.unavailable_reason() do
+    nil ->
+      []
+
+    reason ->
+      IO.puts("Excluding the :netns tests (pods in network namespaces): #{reason}")
+      [:netns]
+  end
+
+ExUnit.start(capture_log: true, exclude: netns_exclusion)

@@ -1,56 +1,65 @@
 defmodule ClusterSRV.Integration.E2ETest do
-  # Real BEAM nodes as pods, each on its own loopback address, running ClusterSRV.Strategy
-  # against a real BIND. One 5-pod cluster is shared; a test that changes it puts it back.
+  # Real BEAM nodes as pods, each in its own network namespace set up as kubelet sets one up,
+  # running ClusterSRV.Strategy with no `nameservers` option: the strategy reads the pod's
+  # resolv.conf and asks the cluster DNS, a real BIND, at 10.96.0.10:53. One 5-pod StatefulSet
+  # is shared; a test that changes it puts it back.
   use ExUnit.Case, async: false
 
   @moduletag :integration
   @moduletag :e2e
-  @moduletag timeout: 120_000
+  @moduletag :netns
+  @moduletag timeout: 180_000
 
-  alias ClusterSRV.Harness.{DNS, LocalCluster, Pod}
+  alias ClusterSRV.Harness.{DNS, Network, NetnsCluster, Pod}
 
   @interval 1_000
 
   setup_all do
-    dns = DNS.start!()
+    network = Network.start!()
 
-    # Short DNS timeouts, so that lookups fail several times within a 3-interval outage.
     cluster =
-      LocalCluster.start!(
-        dns: dns,
+      NetnsCluster.start!(
+        network: network,
         service: "myapp-headless",
-        polling_interval: @interval,
-        config: [timeout: 300, attempts: 1]
+        polling_interval: @interval
       )
 
-    {cluster, pods} = LocalCluster.add_pods(cluster, 5)
+    {cluster, pods} = NetnsCluster.add_pods(cluster, 5)
     last_ready = pods |> Enum.map(&Pod.info(&1).ready_at) |> Enum.max()
-    {:ok, _} = LocalCluster.await_mesh(cluster, 10_000)
+    {:ok, _} = NetnsCluster.await_mesh(cluster, 10_000)
     meshed_at = System.monotonic_time(:millisecond)
 
     on_exit(fn ->
-      LocalCluster.stop(cluster)
-      DNS.stop(dns)
+      NetnsCluster.stop(cluster)
+      Network.stop(network)
     end)
 
-    %{dns: dns, cluster: cluster, mesh_ms: meshed_at - last_ready}
+    %{network: network, cluster: cluster, mesh_ms: meshed_at - last_ready}
   end
 
   defp assert_mesh(cluster, within) do
-    case LocalCluster.await_mesh(cluster, within) do
-      {:ok, ms} -> ms
-      {:error, members} -> flunk("no full mesh within #{within} ms: #{inspect(members)}")
+    started = System.monotonic_time(:millisecond)
+
+    case NetnsCluster.await_mesh(cluster, within) do
+      {:ok, ms} ->
+        ms
+
+      {:error, members} ->
+        flunk(
+          "no full mesh within #{within} ms: #{inspect(members)}\n" <>
+            NetnsCluster.timeline(cluster, started - 5_000)
+        )
     end
   end
 
-  defp restore(cluster, pods), do: Enum.reduce(pods, cluster, &LocalCluster.kill_pod(&2, &1))
+  defp restore(cluster, pods), do: Enum.reduce(pods, cluster, &NetnsCluster.kill_pod(&2, &1))
 
   test "5 pods form a full mesh within 2 polling intervals after the last one starts",
        %{cluster: cluster, mesh_ms: mesh_ms} do
     assert mesh_ms <= 2 * @interval, "meshed #{mesh_ms} ms after the last pod started"
 
-    for pod <- LocalCluster.pods(cluster) do
-      others = cluster |> LocalCluster.pods() |> Enum.map(& &1.name) |> List.delete(pod.name)
+    for pod <- NetnsCluster.pods(cluster) do
+      others = cluster |> NetnsCluster.pods() |> Enum.map(& &1.name) |> List.delete(pod.name)
       assert Pod.members(pod) == MapSet.new(others)
       # The strategy never connects its own node.
       refute Enum.any?(Pod.info(pod).connects, fn {_, node, _} -> node == pod.name end)
@@ -58,7 +67,7 @@ defmodule ClusterSRV.Integration.E2ETest do
   end
 
   test "scale-up: 2 new pods join within 2 polling intervals", %{cluster: cluster} do
-    {cluster, new} = LocalCluster.add_pods(cluster, 2)
+    {cluster, new} = NetnsCluster.add_pods(cluster, 2)
 
     try do
       assert assert_mesh(cluster, 2 * @interval) <= 2 * @interval
@@ -76,12 +85,12 @@ defmodule ClusterSRV.Integration.E2ETest do
   end
 
   test "with 3 dead pods in DNS, 2 new pods still join within 2 intervals", %{cluster: cluster} do
-    cluster = LocalCluster.add_dead(cluster, 3)
+    cluster = NetnsCluster.add_dead(cluster, 3)
 
     try do
       # Let the running pods start hanging on the dead ones.
       Process.sleep(@interval + 200)
-      {cluster, new} = LocalCluster.add_pods(cluster, 2)
+      {cluster, new} = NetnsCluster.add_pods(cluster, 2)
 
       try do
         assert assert_mesh(cluster, 2 * @interval) <= 2 * @interval
@@ -90,28 +99,35 @@ defmodule ClusterSRV.Integration.E2ETest do
         restore(cluster, new)
       end
     after
-      LocalCluster.clear_dead(cluster)
+      NetnsCluster.clear_dead(cluster)
     end
   end
 
   # OTP's global connects nodes transitively, so a mesh alone proves little: one connect is
   # enough for global to do the rest. The proof is in the strategies' own connect calls: each
   # new pod was linked to the cluster by a strategy's connect that succeeded within 2 intervals
-  # while, in the same pod, a connect to a dead pod was still hanging (net_setuptime is 7 s).
-  # A strategy that connected one node at a time would have been stuck behind the dead pods,
-  # whose names sort first.
+  # while, in the same pod, a connect to a dead pod was still hanging (its epmd port accepts
+  # and never answers, so the connect lasts net_setuptime, 7 s). A strategy that connected one
+  # node at a time would have been stuck behind the dead pods, whose names sort first.
   defp assert_linked_despite_dead(cluster, new) do
-    dead = LocalCluster.dead_nodes(cluster)
-    # The others' strategies may mesh a new pod before its own first poll has run: wait for
-    # that poll's connects to the dead pods (they start at once, and hang).
-    for pod <- new, do: await_tried(cluster, pod, dead, Pod.info(pod).ready_at + 2 * @interval)
+    dead = NetnsCluster.dead_nodes(cluster)
+
+    # The others may have linked a new pod before its own strategy's first poll ran.
+    tried = fn pod, calls -> Enum.count(calls, &(&1.from == pod.name and &1.node in dead)) end
+
+    eventually(
+      fn -> Enum.all?(new, &(tried.(&1, strategy_connects(cluster)) >= 3)) end,
+      System.monotonic_time(:millisecond) + 2 * @interval
+    )
+
     calls = strategy_connects(cluster)
 
     for pod <- new do
       ready = Pod.info(pod).ready_at
 
-      assert Enum.count(calls, &(&1.from == pod.name and &1.node in dead)) == 3,
-             "#{pod.label}'s strategy did not try the 3 dead pods"
+      assert tried.(pod, calls) == 3,
+             "#{pod.label}'s strategy did not try the 3 dead pods once each:\n" <>
+               NetnsCluster.timeline(cluster, ready - 3_000)
 
       links =
         Enum.filter(calls, fn call ->
@@ -132,19 +148,19 @@ defmodule ClusterSRV.Integration.E2ETest do
     end
   end
 
-  defp await_tried(cluster, pod, dead, deadline) do
-    tried = Enum.count(strategy_connects(cluster), &(&1.from == pod.name and &1.node in dead))
-
-    if tried < length(dead) and System.monotonic_time(:millisecond) < deadline do
-      Process.sleep(20)
-      await_tried(cluster, pod, dead, deadline)
+  # Waits until `fun` holds, polling every 20 ms; false at the deadline (monotonic ms).
+  defp eventually(fun, deadline) do
+    cond do
+      fun.() -> true
+      System.monotonic_time(:millisecond) >= deadline -> false
+      true -> Process.sleep(20) && eventually(fun, deadline)
     end
   end
 
   # Every connect call any pod's strategy made: who made it, to whom, when, and how it ended.
   # Calls to one node never overlap in one pod, so starts and ends pair up in order.
   defp strategy_connects(cluster) do
-    for pod <- LocalCluster.pods(cluster),
+    for pod <- NetnsCluster.pods(cluster),
         {node, events} <- Enum.group_by(Pod.info(pod).connects, &elem(&1, 1)),
         call <- pair_calls(events) do
       Map.merge(call, %{from: pod.name, node: node})
@@ -158,24 +174,30 @@ defmodule ClusterSRV.Integration.E2ETest do
   defp pair_calls([]), do: []
 
   test "a killed pod that is removed from DNS drops out everywhere", %{cluster: cluster} do
-    {with_doomed, [doomed]} = LocalCluster.add_pods(cluster, 1)
+    {with_doomed, [doomed]} = NetnsCluster.add_pods(cluster, 1)
     assert_mesh(with_doomed, 2 * @interval)
 
-    cluster = LocalCluster.kill_pod(with_doomed, doomed)
+    cluster = NetnsCluster.kill_pod(with_doomed, doomed)
     assert_mesh(cluster, 2 * @interval)
 
     # And it stays out: no strategy brings it back.
     Process.sleep(2 * @interval)
 
-    for pod <- LocalCluster.pods(cluster) do
+    for pod <- NetnsCluster.pods(cluster) do
       refute MapSet.member?(Pod.members(pod), doomed.name)
     end
   end
 
-  test "a DNS outage of 3 intervals changes no one's membership", %{cluster: cluster, dns: dns} do
+  # With the default timeout (2 s per try, 2 tries), a lookup that starts as DNS stops fails
+  # 4 s later; 6 intervals let every pod's lookups fail at least once.
+  test "a DNS outage of 6 intervals changes no one's membership", %{
+    cluster: cluster,
+    network: network
+  } do
     assert_mesh(cluster, 2 * @interval)
-    pods = LocalCluster.pods(cluster)
+    pods = NetnsCluster.pods(cluster)
     before = Map.new(pods, &{&1.label, Pod.members(&1)})
+    dns = Network.dns(network)
 
     DNS.pause(dns)
     paused_at = System.monotonic_time(:millisecond)
@@ -184,7 +206,7 @@ defmodule ClusterSRV.Integration.E2ETest do
       # Sample every 100 ms through the outage: membership never changes.
       Stream.repeatedly(fn -> Process.sleep(100) end)
       |> Stream.take_while(fn _ ->
-        System.monotonic_time(:millisecond) < paused_at + 3 * @interval
+        System.monotonic_time(:millisecond) < paused_at + 6 * @interval
       end)
       |> Enum.each(fn _ ->
         for pod <- pods, do: assert(Pod.members(pod) == before[pod.label], "#{pod.label} changed")
@@ -209,10 +231,12 @@ defmodule ClusterSRV.Integration.E2ETest do
     for pod <- pods, do: assert(Pod.members(pod) == before[pod.label])
   end
 
-  test "the Deployment layout (_discovery._tcp, pod-name targets) forms a mesh", %{dns: dns} do
+  test "the Deployment layout (_discovery._tcp, pod-name targets) forms a mesh", %{
+    network: network
+  } do
     cluster =
-      LocalCluster.start!(
-        dns: dns,
+      NetnsCluster.start!(
+        network: network,
         service: "web-headless",
         app: "web",
         layout: :deployment,
@@ -220,7 +244,7 @@ defmodule ClusterSRV.Integration.E2ETest do
       )
 
     try do
-      {cluster, pods} = LocalCluster.add_pods(cluster, 3)
+      {cluster, pods} = NetnsCluster.add_pods(cluster, 3)
       assert assert_mesh(cluster, 2 * @interval) <= 2 * @interval
 
       for pod <- pods do
@@ -228,7 +252,37 @@ defmodule ClusterSRV.Integration.E2ETest do
                  ~r/^web@web-5d8c7f9b6-[a-z0-9]+\.web-headless\.default\.svc\.cluster\.local$/
       end
     after
-      LocalCluster.stop(cluster)
+      NetnsCluster.stop(cluster)
+    end
+  end
+
+  test "the pod-IP layout (dashed-IP targets, nodes named app@$(POD_IP)) forms a mesh", %{
+    network: network
+  } do
+    cluster =
+      NetnsCluster.start!(
+        network: network,
+        service: "ip-headless",
+        app: "ip",
+        layout: :pod_ip,
+        polling_interval: @interval
+      )
+
+    try do
+      {cluster, pods} = NetnsCluster.add_pods(cluster, 3)
+      assert assert_mesh(cluster, 2 * @interval) <= 2 * @interval
+
+      for pod <- pods do
+        assert pod.name == :"ip@#{:inet.ntoa(pod.ip)}"
+      end
+
+      # DNS lists dashed IPs, which are not the nodes' names: the strategy named them.
+      {:ok, targets} =
+        DNS.dig(Network.dns(network), "ip-headless.default.svc.cluster.local", "SRV")
+
+      assert Enum.all?(targets, &(&1 =~ ~r/ 10-244-0-\d+\.ip-headless\./)), inspect(targets)
+    after
+      NetnsCluster.stop(cluster)
     end
   end
 end

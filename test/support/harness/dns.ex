@@ -1,6 +1,8 @@
 defmodule ClusterSRV.Harness.DNS do
   @moduledoc """
-  A real BIND9 serving a CoreDNS-shaped `cluster.local` on 127.0.0.1 at a free high port.
+  A real BIND9 serving a CoreDNS-shaped `cluster.local`: by default on 127.0.0.1 at a free high
+  port, or, with `netns:`, inside a network namespace at a service address on port 53, as the
+  cluster DNS of `ClusterSRV.Harness.Network`.
 
   The server is owned by a process linked to the caller: when the caller exits, `named` stops.
   Services change through dynamic updates (`nsupdate`), as the endpoints controller changes
@@ -11,18 +13,35 @@ defmodule ClusterSRV.Harness.DNS do
       ClusterSRV.Harness.DNS.nameserver(dns)  #=> "127.0.0.1:53841"
       ClusterSRV.Harness.DNS.put_service(dns, %{service | pods: more_pods})
       ClusterSRV.Harness.DNS.stop(dns)
+
+  In a namespace (the test VM cannot reach it, so updates and readiness checks run there too):
+
+      dns = ClusterSRV.Harness.DNS.start!(netns: "csrv-71234567-42-net", ip: {10, 96, 0, 10}, port: 53)
+      ClusterSRV.Harness.DNS.nameserver(dns)  #=> "10.96.0.10:53"
+
+  With `forwarders:`, the server holds no zone and is a forwarding cache instead, which keeps
+  every answer `cache_ttl` seconds (default 30) whatever its TTL, as NodeLocal DNSCache or
+  CoreDNS's `cache 30` may serve a pod answers that old.
   """
   use GenServer
 
-  alias ClusterSRV.Harness.{Watchdog, Zone}
+  alias ClusterSRV.Harness.{Netns, Watchdog, Zone}
 
-  defstruct [:pid, :port, :dir]
+  defstruct [:pid, :port, :dir, ip: {127, 0, 0, 1}, netns: nil]
 
-  @type t :: %__MODULE__{pid: pid(), port: :inet.port_number(), dir: Path.t()}
+  @type t :: %__MODULE__{
+          pid: pid(),
+          port: :inet.port_number(),
+          dir: Path.t(),
+          ip: :inet.ip4_address(),
+          netns: String.t() | nil
+        }
 
   @doc """
   Starts BIND with the given `services` (see `ClusterSRV.Harness.Zone`) and any `extra` records,
-  and waits until it answers.
+  and waits until it answers. Options for a server in a namespace: `:netns`, `:ip` (the
+  address to listen on, which the namespace holds), `:port`; `:forwarders` (a list of
+  addresses) and `:cache_ttl` make it a forwarding cache.
   """
   def start!(opts \\ []) do
     {:ok, pid} = GenServer.start_link(__MODULE__, opts)
@@ -38,7 +57,7 @@ defmodule ClusterSRV.Harness.DNS do
   end
 
   @doc "The nameserver as `ClusterSRV.Resolver` takes it."
-  def nameserver(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
+  def nameserver(%__MODULE__{ip: ip, port: port}), do: "#{:inet.ntoa(ip)}:#{port}"
 
   @doc """
   Writes an inetrc (for `ERL_INETRC`) that makes a VM resolve host names with this server
@@ -88,16 +107,30 @@ defmodule ClusterSRV.Harness.DNS do
     extra = Keyword.get(opts, :extra, [])
     dir = ClusterSRV.Harness.Watchdog.tmp_dir("cluster_srv_dns")
     records = Enum.flat_map(services, &Zone.records/1) ++ extra
-    File.write!(Path.join(dir, "cluster.local.zone"), Zone.render(records))
+    ip = Keyword.get(opts, :ip, {127, 0, 0, 1})
+    File.write!(Path.join(dir, "cluster.local.zone"), Zone.render(records, ip))
 
     state = %{
       dir: dir,
+      ip: ip,
+      netns: Keyword.get(opts, :netns),
+      forwarders: Keyword.get(opts, :forwarders),
+      cache_ttl: Keyword.get(opts, :cache_ttl, 30),
       port: nil,
       os_port: nil,
       services: Map.new(services, &{{&1.name, &1.namespace}, &1})
     }
 
-    {:ok, start_on_free_port(state, 5)}
+    case Keyword.get(opts, :port) do
+      nil ->
+        {:ok, start_on_free_port(state, 5)}
+
+      port ->
+        case launch(state, port) do
+          {:ok, state} -> {:ok, state}
+          {:error, log} -> {:stop, {:named_failed, log}}
+        end
+    end
   end
 
   @impl true
@@ -158,7 +191,14 @@ defmodule ClusterSRV.Harness.DNS do
     :ok
   end
 
-  defp info(state), do: %__MODULE__{pid: self(), port: state.port, dir: state.dir}
+  defp info(state),
+    do: %__MODULE__{
+      pid: self(),
+      port: state.port,
+      dir: state.dir,
+      ip: state.ip,
+      netns: state.netns
+    }
 
   defp signal(state, name) do
     with {:ok, pid} <- File.read(Path.join(state.dir, "named.pid")),
@@ -180,16 +220,26 @@ defmodule ClusterSRV.Harness.DNS do
 
   defp launch(state, port) do
     conf = Path.join(state.dir, "named.conf")
-    File.write!(conf, named_conf(state.dir, port))
+    File.write!(conf, named_conf(state, port))
     File.rm(Path.join(state.dir, "named.log"))
     user = if System.get_env("USER") == "root" or uid() == "0", do: ["-u", "root"], else: []
 
     args = ["-f", "-c", conf, "-n", "1", "-L", Path.join(state.dir, "named.log")] ++ user
 
-    os_port = Watchdog.open(named_executable(), args)
+    os_port =
+      case state.netns do
+        nil ->
+          Watchdog.open(named_executable(), args)
+
+        ns ->
+          # `ip netns exec` execs named, so the watchdog's signal reaches named itself.
+          {ip, ip_args} = Netns.exec_args(ns, [named_executable() | args])
+          Watchdog.open(ip, ip_args)
+      end
+
     state = %{state | os_port: os_port, port: port}
 
-    if wait_ready(port, os_port, 100) do
+    if wait_ready(state, os_port, 100) do
       {:ok, state}
     else
       Watchdog.close(os_port)
@@ -197,28 +247,76 @@ defmodule ClusterSRV.Harness.DNS do
     end
   end
 
-  defp wait_ready(_port, _os_port, 0), do: false
+  defp wait_ready(_state, _os_port, 0), do: false
 
-  defp wait_ready(port, os_port, tries) do
+  defp wait_ready(state, os_port, tries) do
     receive do
       {^os_port, {:exit_status, _}} -> false
     after
       0 ->
-        query =
-          :inet_res.resolve(~c"cluster.local", :in, :soa,
-            nameservers: [{{127, 0, 0, 1}, port}],
-            timeout: 200,
-            retry: 1
-          )
-
-        case query do
-          {:ok, _} ->
-            true
-
-          {:error, _} ->
-            Process.sleep(50)
-            wait_ready(port, os_port, tries - 1)
+        if answers?(state) do
+          true
+        else
+          Process.sleep(50)
+          wait_ready(state, os_port, tries - 1)
         end
+    end
+  end
+
+  defp answers?(%{netns: nil} = state) do
+    match?(
+      {:ok, _},
+      :inet_res.resolve(~c"cluster.local", :in, :soa,
+        nameservers: [{state.ip, state.port}],
+        timeout: 200,
+        retry: 1
+      )
+    )
+  end
+
+  # The test VM has no route into the namespace: ask from inside it.
+  defp answers?(state) do
+    case query(state, "cluster.local", "SOA") do
+      {:ok, [_ | _]} -> true
+      _ -> false
+    end
+  end
+
+  @doc """
+  Asks the server with `dig`, from inside its namespace if it has one: `{:ok, lines}` of
+  `dig +short`, or `{:error, output}`. For checks of what a server answers, as a pod would see it.
+  """
+  def dig(%__MODULE__{} = dns, name, type), do: query(Map.from_struct(dns), name, type)
+
+  defp query(state, name, type) do
+    argv = [
+      "dig",
+      "+short",
+      "+time=1",
+      "+tries=1",
+      "@#{:inet.ntoa(state.ip)}",
+      "-p",
+      "#{state.port}",
+      name,
+      type
+    ]
+
+    result =
+      case state.netns do
+        nil -> System.cmd(hd(argv), tl(argv), stderr_to_stdout: true)
+        ns -> Netns.cmd(ns, argv)
+      end
+
+    case result do
+      {output, 0} ->
+        lines = String.split(output, "\n", trim: true)
+
+        if Enum.any?(lines, &String.starts_with?(&1, ";;")),
+          do: {:error, output},
+          else: {:ok, lines}
+
+      {output, _} ->
+        {:error, output}
     end
   end
 
@@ -234,9 +332,18 @@ defmodule ClusterSRV.Harness.DNS do
       |> Enum.chunk_every(@lines_per_update)
       |> Enum.map_join("", fn chunk -> Enum.join(chunk, "\n") <> "\nsend\n" end)
 
-    File.write!(script, "server 127.0.0.1 #{state.port}\nzone #{Zone.domain()}\n" <> updates)
+    File.write!(
+      script,
+      "server #{:inet.ntoa(state.ip)} #{state.port}\nzone #{Zone.domain()}\n" <> updates
+    )
 
-    case System.cmd("nsupdate", ["-t", "5", script], stderr_to_stdout: true) do
+    result =
+      case state.netns do
+        nil -> System.cmd("nsupdate", ["-t", "5", script], stderr_to_stdout: true)
+        ns -> Netns.cmd(ns, ["nsupdate", "-t", "5", script])
+      end
+
+    case result do
       {_, 0} ->
         File.rm(script)
         :ok
@@ -246,11 +353,47 @@ defmodule ClusterSRV.Harness.DNS do
     end
   end
 
-  defp named_conf(dir, port) do
+  defp named_conf(%{forwarders: [_ | _] = forwarders} = state, port) do
+    dir = state.dir
+    ttl = state.cache_ttl
+
+    # min-cache-ttl raises every TTL to the cache's, so answers really are kept that long;
+    # prefetch would refresh them early, before they expire.
     """
     options {
       directory "#{dir}";
-      listen-on port #{port} { 127.0.0.1; };
+      listen-on port #{port} { #{:inet.ntoa(state.ip)}; };
+      listen-on-v6 { none; };
+      recursion yes;
+      allow-recursion { any; };
+      allow-query-cache { any; };
+      forward only;
+      forwarders { #{Enum.map_join(forwarders, " ", &"#{&1};")} };
+      dnssec-validation no;
+      notify no;
+      minimal-responses no;
+      max-records-per-type 0;
+      min-cache-ttl #{ttl};
+      max-cache-ttl #{ttl};
+      max-ncache-ttl #{ttl};
+      prefetch 0;
+      max-cache-size 64m;
+      pid-file "#{dir}/named.pid";
+      session-keyfile "#{dir}/session.key";
+      managed-keys-directory "#{dir}";
+    };
+    controls { };
+    """
+  end
+
+  defp named_conf(state, port) do
+    dir = state.dir
+    ip = :inet.ntoa(state.ip)
+
+    """
+    options {
+      directory "#{dir}";
+      listen-on port #{port} { #{ip}; };
       listen-on-v6 { none; };
       recursion no;
       dnssec-validation no;
@@ -265,7 +408,7 @@ defmodule ClusterSRV.Harness.DNS do
     zone "#{Zone.domain()}" {
       type primary;
       file "#{dir}/cluster.local.zone";
-      allow-update { 127.0.0.1; };
+      allow-update { #{ip}; };
     };
     """
   end

@@ -1,35 +1,69 @@
 defmodule ClusterSRV.Harness.Pod do
   @moduledoc """
-  One pod: a real BEAM node in its own OS process, on its own loopback address.
+  One pod: a real BEAM node in its own OS process.
 
-  The node is named `<app>@<host>`, listens for distribution only on its address, on the
-  port every pod shares, with no epmd, and resolves host names through the cluster DNS. It runs
-  `ClusterSRV.Harness.PodAgent`, which starts the strategy with the config given here.
+  On the loopback cluster (`ClusterSRV.Harness.LocalCluster`) the node is named `<app>@<host>`,
+  listens for distribution only on its own address, on the port every pod shares, with no
+  epmd, and resolves host names through the cluster DNS given by an inetrc.
+
+  In a pod sandbox (`:netns`, see `ClusterSRV.Harness.NetnsCluster`) it starts as a container
+  starts in Kubernetes: `ip netns exec` mounts the kubelet-written `/etc/hosts` and
+  `/etc/resolv.conf` of the sandbox, `unshare --uts` gives it its own host name, and the node
+  names itself as the seeds do, `RELEASE_NODE=<app>@$(hostname -f)` (or `<app>@$POD_IP`). It
+  runs its own epmd on 4369 and resolves its peers through the system resolver, with no inetrc.
+
+  It runs `ClusterSRV.Harness.PodAgent`, which starts the strategy with the config given here,
+  or, with `:release`, a release's `bin/<name> start`.
+
+      pod = ClusterSRV.Harness.Pod.start!(label: "myapp-0", app: "myapp", netns: sandbox.ns,
+              ip: sandbox.ip, hostname: "myapp-0",
+              host: "myapp-0.myapp-headless.default.svc.cluster.local", config: config, dir: dir)
+      :ok = ClusterSRV.Harness.Pod.await_ready(pod)
+      ClusterSRV.Harness.Pod.members(pod)
 
   The controller process owning the pod sees each line the pod reports and keeps the pod's
-  membership, the strategy's connect calls, and the times they happened (monotonic ms). The
-  pod's OS process runs under `ClusterSRV.Harness.Watchdog`, so it dies with its controller.
+  membership, the strategy's connect and disconnect calls and lookups, and the times they
+  happened (monotonic ms). The pod's OS process runs under `ClusterSRV.Harness.Watchdog`, so it
+  dies with its controller.
   """
   use GenServer
 
-  alias ClusterSRV.Harness.Watchdog
+  alias ClusterSRV.Harness.{Netns, Watchdog}
 
-  defstruct [:pid, :name, :label, :ip]
+  defstruct [:pid, :name, :label, :ip, :netns]
 
-  @type t :: %__MODULE__{pid: pid(), name: node(), label: String.t(), ip: :inet.ip4_address()}
+  @type t :: %__MODULE__{
+          pid: pid(),
+          name: node(),
+          label: String.t(),
+          ip: :inet.ip4_address(),
+          netns: String.t() | nil
+        }
 
   @doc """
   Starts a pod. Options:
 
     * `:label`, `:host`, `:ip`, `:app` - the pod's name is `app@host`, on `ip`;
-    * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
-    * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
+        * `:config` - the strategy's config, as a user writes it under `config :libcluster`;
+        * `:strategy` - the strategy module (default `ClusterSRV.Strategy`);
     * `:standalone` - run `{ClusterSRV, config}` instead, as an app without libcluster does;
     * `:dist_port`, `:inetrc`, `:cookie` - the cluster's shared distribution settings;
     * `:dir` - where to write the pod's config;
     * `:subscriber` - a process that gets `{:pod_event, label, event, at_ms}` for each report;
-    * `:bare` - start a bare `erl` node that runs no strategy and reports nothing but `ready`:
-      a live pod that only accepts connections, cheap enough to start by the dozen.
+    * `:bare` - on the loopback cluster, a bare `erl` node that runs no strategy and reports
+      nothing but `ready`: a live pod that only takes connections, cheap enough to start by
+      the dozen.
+
+  In a pod sandbox:
+
+    * `:netns` - the sandbox's namespace; `:ip` is then its address;
+    * `:hostname` - the host name of the pod's UTS namespace;
+    * `:node_host` - `:fqdn` (default) names the node `app@$(hostname -f)`, `:pod_ip` names it
+      `app@$POD_IP`; `:host` is then what the harness expects, and a pod that names itself
+      otherwise fails to start;
+    * `:erl` - VM flags for every pod of a cluster, such as `-kernel net_ticktime 4`;
+    * `:release` - the path of a release's `bin/<name>`, run with `start` and the environment
+      `:env`, instead of the agent; its membership comes from its `[<app>] cluster: ...` lines.
   """
   def start!(opts) do
     {:ok, pid} = GenServer.start_link(__MODULE__, opts)
@@ -38,7 +72,8 @@ defmodule ClusterSRV.Harness.Pod do
       pid: pid,
       name: :"#{opts[:app]}@#{opts[:host]}",
       label: opts[:label],
-      ip: opts[:ip]
+      ip: opts[:ip],
+      netns: opts[:netns]
     }
   end
 
@@ -49,7 +84,11 @@ defmodule ClusterSRV.Harness.Pod do
   @doc "The nodes the pod is connected to."
   def members(%__MODULE__{pid: pid}), do: GenServer.call(pid, :members)
 
-  @doc "Everything the pod reported: `%{ready_at, members, history, connects, alive, log}`."
+  @doc """
+  Everything the pod reported: `%{ready_at, os_pid, members, history, connects, disconnects,
+  lookups, alive, log}`. `lookups` are `{at, result, node_count}` for each of the strategy's lookups,
+  from its telemetry (test builds only, where the `:telemetry` stand-in is compiled).
+  """
   def info(%__MODULE__{pid: pid}), do: GenServer.call(pid, :info)
 
   @doc "Kills the pod's VM at once, as a crashed or evicted pod dies."
@@ -65,12 +104,40 @@ defmodule ClusterSRV.Harness.Pod do
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
-    port = if opts[:bare], do: open_bare(opts), else: open_agent(opts)
+    label = Keyword.fetch!(opts, :label)
+    name = :"#{opts[:app]}@#{opts[:host]}"
+
+    port =
+      cond do
+        opts[:bare] ->
+          start_bare(opts)
+
+        opts[:release] ->
+          start_release(opts)
+
+        true ->
+          config_path = Path.join(Keyword.fetch!(opts, :dir), "#{label}.config")
+
+          File.write!(
+            config_path,
+            :erlang.term_to_binary(%{
+              topology: Keyword.get(opts, :topology, :k8s),
+              config: opts[:config],
+              strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy),
+              standalone: Keyword.get(opts, :standalone, false)
+            })
+          )
+
+          start_agent(opts, config_path)
+      end
 
     {:ok,
      %{
        port: port,
-       label: Keyword.fetch!(opts, :label),
+       label: label,
+       name: name,
+       release?: opts[:release] != nil,
+       netns: opts[:netns],
        subscriber: Keyword.get(opts, :subscriber),
        os_pid: nil,
        ready_at: nil,
@@ -78,65 +145,121 @@ defmodule ClusterSRV.Harness.Pod do
        members: MapSet.new(),
        history: [],
        connects: [],
+       disconnects: [],
+       lookups: [],
        alive: true,
+       failure: nil,
        log: []
      }}
   end
 
-  defp dist_flags(opts) do
+  defp start_bare(opts) do
     {a, b, c, d} = Keyword.fetch!(opts, :ip)
 
-    "-start_epmd false -erl_epmd_port #{opts[:dist_port]} " <>
-      "-kernel inet_dist_use_interface {#{a},#{b},#{c},#{d}}"
-  end
-
-  defp open_bare(opts) do
     args =
       ["-noshell", "-name", "#{opts[:app]}@#{opts[:host]}"] ++
         ["-setcookie", Keyword.get(opts, :cookie, "cluster_srv")] ++
-        String.split(dist_flags(opts)) ++
+        ["-start_epmd", "false", "-erl_epmd_port", "#{opts[:dist_port]}"] ++
+        ["-kernel", "inet_dist_use_interface", "{#{a},#{b},#{c},#{d}}"] ++
         ["-eval", ~S|io:format("@@ ready ~s ~s~n", [node(), os:getpid()])|]
 
     Watchdog.open(System.find_executable("erl"), args)
   end
 
-  defp open_agent(opts) do
-    label = Keyword.fetch!(opts, :label)
-    config_path = Path.join(Keyword.fetch!(opts, :dir), "#{label}.config")
+  # The code path holding the agent: the app's ebin, wherever it was built.
+  defp ebin,
+    do: ClusterSRV.Harness.PodAgent |> :code.which() |> List.to_string() |> Path.dirname()
 
-    File.write!(
-      config_path,
-      :erlang.term_to_binary(%{
-        topology: Keyword.get(opts, :topology, :k8s),
-        config: opts[:config],
-        strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy),
-        standalone: Keyword.get(opts, :standalone, false)
-      })
-    )
-
-    erl_flags = dist_flags(opts)
-
-    ebin = Path.join(Mix.Project.app_path(), "ebin")
-
-    args = [
-      "--name",
-      "#{opts[:app]}@#{opts[:host]}",
+  defp agent_args(opts, config_path, erl_flags) do
+    [
       "--cookie",
       Keyword.get(opts, :cookie, "cluster_srv"),
       "--erl",
       erl_flags,
       "-pa",
-      ebin,
+      ebin(),
       "-e",
       "ClusterSRV.Harness.PodAgent.main(#{inspect(config_path)})"
     ]
+  end
 
-    Watchdog.open(System.find_executable("elixir"), args, env: [{"ERL_INETRC", opts[:inetrc]}])
+  defp start_agent(opts, config_path) do
+    elixir = System.find_executable("elixir")
+
+    case opts[:netns] do
+      nil ->
+        {a, b, c, d} = Keyword.fetch!(opts, :ip)
+
+        erl_flags =
+          "-start_epmd false -erl_epmd_port #{opts[:dist_port]} " <>
+            "-kernel inet_dist_use_interface {#{a},#{b},#{c},#{d}} " <>
+            Keyword.get(opts, :erl, "")
+
+        args =
+          ["--name", "#{opts[:app]}@#{opts[:host]}"] ++
+            agent_args(opts, config_path, erl_flags)
+
+        Watchdog.open(elixir, args, env: [{"ERL_INETRC", opts[:inetrc]}])
+
+      ns ->
+        # The node names itself, as a seed's rel/env.sh does: from its host name, which the
+        # sandbox's /etc/hosts makes fully qualified, or from its pod IP.
+        name_expr =
+          case Keyword.get(opts, :node_host, :fqdn) do
+            :fqdn -> ~S{$(hostname -f)}
+            :pod_ip -> ~S{$POD_IP}
+          end
+
+        script =
+          ~S{hostname "$1" || exit 1; export RELEASE_NODE="$2@} <>
+            name_expr <> ~S{"; shift 2; exec "$0" --name "$RELEASE_NODE" "$@"}
+
+        in_pod(
+          ns,
+          ["sh", "-c", script, elixir, opts[:hostname], opts[:app]] ++
+            agent_args(opts, config_path, Keyword.get(opts, :erl, "")),
+          pod_env(opts)
+        )
+    end
+  end
+
+  defp start_release(opts) do
+    ns = Keyword.fetch!(opts, :netns)
+    script = ~S{hostname "$1" || exit 1; shift; exec "$0" "$@"}
+    extra = Keyword.get(opts, :env, [])
+    names = for {name, _} <- extra, do: name
+    env = Enum.reject(pod_env(opts), fn {name, _} -> name in names end) ++ extra
+    in_pod(ns, ["sh", "-c", script, opts[:release], opts[:hostname], "start"], env)
+  end
+
+  # Each of `ip netns exec`, `unshare` and `sh -c '... exec'` execs the next, so the
+  # watchdog's signal reaches the VM itself.
+  defp in_pod(ns, argv, env) do
+    {ip, args} = Netns.exec_args(ns, ["unshare", "--uts" | argv])
+    Watchdog.open(ip, args, env: env)
+  end
+
+  # What kubelet gives a container, and nothing of the test VM's own VM or DNS settings.
+  defp pod_env(opts) do
+    [
+      {"POD_IP", List.to_string(:inet.ntoa(Keyword.fetch!(opts, :ip)))},
+      {"ERL_INETRC", false},
+      {"ERL_AFLAGS", false},
+      {"ERL_FLAGS", false},
+      {"ERL_ZFLAGS", false},
+      {"ELIXIR_ERL_OPTIONS", false},
+      {"RELEASE_NODE", false},
+      {"NODE_HOST", false}
+    ]
   end
 
   @impl true
   def handle_call({:await_ready, _timeout}, _from, %{ready_at: at} = state) when at != nil,
     do: {:reply, :ok, state}
+
+  def handle_call({:await_ready, _timeout}, _from, %{failure: failure} = state)
+      when failure != nil,
+      do: {:reply, {:error, failure}, state}
 
   def handle_call({:await_ready, _timeout}, _from, %{alive: false} = state),
     do: {:reply, {:error, {:exited, Enum.reverse(state.log)}}, state}
@@ -152,16 +275,25 @@ defmodule ClusterSRV.Harness.Pod do
     {:reply,
      %{
        ready_at: state.ready_at,
+       os_pid: state.os_pid,
        members: state.members,
        history: Enum.reverse(state.history),
        connects: Enum.reverse(state.connects),
+       disconnects: Enum.reverse(state.disconnects),
+       lookups: Enum.reverse(state.lookups),
        alive: state.alive,
        log: Enum.reverse(state.log)
      }, state}
   end
 
   def handle_call(:kill, _from, state) do
-    if state.os_pid, do: System.cmd("kill", ["-KILL", state.os_pid])
+    cond do
+      state.os_pid -> System.cmd("kill", ["-KILL", state.os_pid])
+      # A release's VM did not say its pid: every process of the sandbox dies, as a pod does.
+      state.netns -> Netns.kill_all(state.netns)
+      true -> :ok
+    end
+
     {:reply, :ok, wait_exit(state)}
   end
 
@@ -197,10 +329,16 @@ defmodule ClusterSRV.Harness.Pod do
   end
 
   defp handle_line("@@ ready " <> rest, at, state) do
-    [_node, os_pid] = String.split(rest)
-    for from <- state.waiting, do: GenServer.reply(from, :ok)
-    notify(state, :ready, at)
-    %{state | ready_at: at, os_pid: os_pid, waiting: []}
+    [node, os_pid] = String.split(rest)
+
+    if node == Atom.to_string(state.name) do
+      ready(%{state | os_pid: os_pid}, at)
+    else
+      # A pod that names itself differently from what DNS lists is a harness bug.
+      failure = {:misnamed, node, state.name}
+      reply_waiting(state, {:error, failure})
+      %{state | waiting: [], failure: failure}
+    end
   end
 
   defp handle_line("@@ nodes " <> list, at, state), do: set_members(state, list, at)
@@ -220,10 +358,54 @@ defmodule ClusterSRV.Harness.Pod do
     %{state | connects: [{at, node, {result, String.to_integer(ms)}} | state.connects]}
   end
 
+  defp handle_line("@@ disconnect " <> node, at, state) do
+    node = String.to_atom(node)
+    notify(state, {:disconnect, node}, at)
+    %{state | disconnects: [{at, node} | state.disconnects]}
+  end
+
+  defp handle_line("@@ lookup " <> rest, at, state) do
+    [nodes, result] = String.split(rest, " ", parts: 2)
+    %{state | lookups: [{at, result, String.to_integer(nodes)} | state.lookups]}
+  end
+
+  defp handle_line(line, at, %{release?: true} = state) do
+    state = %{state | log: Enum.take([line | state.log], 200)}
+
+    case Regex.run(~r/\[\w+\] cluster: (.*)$/, line) do
+      [_, list] ->
+        nodes = String.split(list, ", ", trim: true)
+        me = Atom.to_string(state.name)
+
+        if me in nodes do
+          state = set_members(state, nodes |> List.delete(me) |> Enum.join(","), at)
+          if state.ready_at, do: state, else: ready(state, at)
+        else
+          # The release named its node otherwise than DNS lists it.
+          failure = {:misnamed, list, state.name}
+          reply_waiting(state, {:error, failure})
+          %{state | waiting: [], failure: failure}
+        end
+
+      nil ->
+        notify(state, {:log, line}, at)
+        state
+    end
+  end
+
   defp handle_line(line, at, state) do
     notify(state, {:log, line}, at)
     %{state | log: Enum.take([line | state.log], 200)}
   end
+
+  defp ready(state, at) do
+    reply_waiting(state, :ok)
+    notify(state, :ready, at)
+    %{state | ready_at: at, waiting: []}
+  end
+
+  defp reply_waiting(state, reply),
+    do: for(from <- state.waiting, do: GenServer.reply(from, reply))
 
   defp set_members(state, list, at) do
     members = list |> String.split(",", trim: true) |> Enum.map(&String.to_atom/1) |> MapSet.new()

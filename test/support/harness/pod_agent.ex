@@ -10,9 +10,14 @@ defmodule ClusterSRV.Harness.PodAgent do
     * `@@ nodes <node>,<node>,...` - the connected nodes, each time they change;
     * `@@ connect <node>` and `@@ connected <node> <result> <ms>` - each connect call the
       strategy itself makes, and how it ended, so that tests can tell the strategy's connects
-      apart from those OTP's `global` makes on its own.
+      apart from those OTP's `global` makes on its own;
+    * `@@ disconnect <node>` - each disconnect call the strategy makes;
+    * `@@ lookup <node count> <result>` - each lookup the strategy finished, from its
+      `[:cluster_srv, :lookup]` telemetry, where the test build's `:telemetry` stand-in is loaded.
 
   Anything else on the output is the pod's log.
+
+      ClusterSRV.Harness.PodAgent.main("/tmp/cluster_srv_pods_.../myapp-0.config")
   """
 
   @doc "Runs the pod from the config file the controller wrote; never returns."
@@ -26,8 +31,10 @@ defmodule ClusterSRV.Harness.PodAgent do
     Logger.configure(level: :info)
     watcher = spawn_link(&watch_nodes/0)
     :ok = wait_subscribed(watcher)
+    report_lookups(topology)
 
-    spec = [config: config, connect: {__MODULE__, :connect, []}]
+    mfas = [connect: {__MODULE__, :connect, []}, disconnect: {__MODULE__, :disconnect, []}]
+    spec = [config: config] ++ mfas
     state = Cluster.Strategy.State.for_topology(topology, spec)
 
     # Ready means the node is up and its strategy is starting: a strategy whose start blocks (the
@@ -37,7 +44,7 @@ defmodule ClusterSRV.Harness.PodAgent do
     child =
       if standalone? do
         # The one-line child of ClusterSRV, without libcluster.
-        {ClusterSRV, config ++ [topology: topology, connect: {__MODULE__, :connect, []}]}
+        {ClusterSRV, config ++ [topology: topology] ++ mfas}
       else
         # Cluster.Supervisor's child spec for a topology.
         %{id: topology, start: {strategy, :start_link, [[state]]}}
@@ -55,6 +62,35 @@ defmodule ClusterSRV.Harness.PodAgent do
     result = :net_kernel.connect_node(node)
     say("connected #{node} #{result} #{System.monotonic_time(:millisecond) - started}")
     result
+  end
+
+  @doc false
+  # The topology's disconnect MFA: :erlang.disconnect_node/1, reported first.
+  def disconnect(node) do
+    say("disconnect #{node}")
+    :erlang.disconnect_node(node)
+  end
+
+  # The :telemetry stand-in of test builds sends a topology's events to the process registered
+  # for it; elsewhere there is nothing to report.
+  defp report_lookups(topology) do
+    if Code.ensure_loaded?(:telemetry) and not function_exported?(:telemetry, :attach, 4) do
+      reporter =
+        spawn_link(fn ->
+          Stream.repeatedly(fn ->
+            receive do
+              {:telemetry, [:cluster_srv, :lookup], %{nodes: nodes}, %{result: result}} ->
+                say("lookup #{nodes} #{inspect(result)}")
+
+              _other ->
+                :ok
+            end
+          end)
+          |> Stream.run()
+        end)
+
+      :persistent_term.put({:telemetry_stand_in, topology}, reporter)
+    end
   end
 
   # Other pods may connect as soon as distribution is up, before this runs: report the nodes

@@ -9,6 +9,12 @@ defmodule ClusterSRV.Harness.Silent do
 
       silent = ClusterSRV.Harness.Silent.start!(ip: {127, 0, 0, 1}, udp: true)
       ClusterSRV.Harness.Silent.datagrams(silent)  #=> 0
+
+  With `netns:` (a namespace's file, `/var/run/netns/<name>`) its sockets live in that network
+  namespace, so the test VM can play a dead pod inside a pod sandbox:
+
+      ClusterSRV.Harness.Silent.start!(ip: {10, 244, 0, 200}, port: 4369,
+        netns: "/var/run/netns/csrv-71234567-42-dead0")
   """
   use GenServer
 
@@ -16,7 +22,10 @@ defmodule ClusterSRV.Harness.Silent do
 
   @type t :: %__MODULE__{pid: pid(), ip: :inet.ip_address(), port: :inet.port_number()}
 
-  @doc "Starts listening. Options: `:ip` (default 127.0.0.1), `:port` (default: a free one), `:udp`."
+  @doc """
+  Starts listening. Options: `:ip` (default 127.0.0.1), `:port` (default: a free one), `:udp`,
+  `:netns`.
+  """
   def start!(opts \\ []) do
     {:ok, pid} = GenServer.start_link(__MODULE__, opts)
     GenServer.call(pid, :info)
@@ -42,21 +51,20 @@ defmodule ClusterSRV.Harness.Silent do
   @impl true
   def init(opts) do
     ip = Keyword.get(opts, :ip, {127, 0, 0, 1})
+    # Sockets are made in the namespace given, as root may.
+    netns = if path = opts[:netns], do: [netns: path], else: []
 
     {:ok, listen} =
-      :gen_tcp.listen(Keyword.get(opts, :port, 0), [
-        :binary,
-        ip: ip,
-        active: false,
-        reuseaddr: true,
-        backlog: 128
-      ])
+      :gen_tcp.listen(
+        Keyword.get(opts, :port, 0),
+        [:binary, ip: ip, active: false, reuseaddr: true, backlog: 128] ++ netns
+      )
 
     {:ok, port} = :inet.port(listen)
 
     udp =
       if Keyword.get(opts, :udp, false) do
-        {:ok, socket} = :gen_udp.open(port, [:binary, ip: ip, active: true])
+        {:ok, socket} = :gen_udp.open(port, [:binary, ip: ip, active: true] ++ netns)
         socket
       end
 

@@ -20,11 +20,13 @@ defmodule ClusterSRV.Harness.Watchdog do
 
   @doc """
   Opens the port. Output lines arrive as `{port, {:data, {:eol | :noeol, line}}}` and the end as
-  `{port, {:exit_status, status}}`.
+  `{port, {:exit_status, status}}`. `env:` adds variables to the command's environment; a
+  value of `false` removes the variable.
   """
   def open(executable, args, opts \\ []) do
     env =
-      for {key, value} <- Keyword.get(opts, :env, []), do: {to_charlist(key), to_charlist(value)}
+      for {key, value} <- Keyword.get(opts, :env, []),
+          do: {to_charlist(key), if(value == false, do: false, else: to_charlist(value))}
 
     Port.open({:spawn_executable, "/bin/sh"}, [
       :binary,

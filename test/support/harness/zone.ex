@@ -114,14 +114,17 @@ defmodule ClusterSRV.Harness.Zone do
   def line({name, :a, ip}), do: "#{name} #{@ttl} IN A #{:inet.ntoa(ip)}"
   def line({name, :txt, text}), do: ~s|#{name} #{@ttl} IN TXT "#{text}"|
 
-  @doc "A whole zone file for `cluster.local`, holding the given records."
-  def render(records) do
+  @doc """
+  A whole zone file for `cluster.local`, holding the given records; `server` is the address of
+  the zone's own name server (`ns.dns`).
+  """
+  def render(records, server \\ {127, 0, 0, 1}) do
     header = """
     $ORIGIN #{@domain}.
     $TTL #{@ttl}
     @ IN SOA ns.dns.#{@domain}. hostmaster.#{@domain}. 1 7200 1800 86400 #{@ttl}
     @ IN NS ns.dns.#{@domain}.
-    ns.dns IN A 127.0.0.1
+    ns.dns IN A #{:inet.ntoa(server)}
     """
 
     header <> Enum.map_join(records, "", &(line(&1) <> "\n"))
