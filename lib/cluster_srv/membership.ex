@@ -82,8 +82,13 @@ defmodule ClusterSRV.Membership do
     was_listed: false,
     leaving: false,
     self_misses: 0,
-    self_warned: nil
+    self_warned: nil,
+    peers_leaving: %{}
   ]
+
+  # How long a peer that said it is leaving is not connected again while DNS lists it: about a
+  # pod's grace period for terminating (30 s by default in Kubernetes).
+  @leaving_for 30_000
 
   # Successful, non-empty answers in a row without this node's name before it is checked.
   @self_check_after 3
@@ -108,7 +113,10 @@ defmodule ClusterSRV.Membership do
       the first); `was_listed` - whether one ever did; `leaving` - it did, and the latest one
       no longer does: the pod is terminating, and starts no new connects;
     * `self_misses`, `self_warned` - successful answers in a row without this node, for the
-      self-check, and the causes it has warned about (`nil` until it ran).
+      self-check, and the causes it has warned about (`nil` until it ran);
+    * `peers_leaving` - peers that said they are leaving (their strategy stopping on a normal
+      shutdown), each with when: not connected again while DNS still lists them, until DNS
+      drops them, they connect again, or 30 s have passed.
   """
   @type t :: %__MODULE__{
           self: node(),
@@ -132,7 +140,8 @@ defmodule ClusterSRV.Membership do
           was_listed: boolean(),
           leaving: boolean(),
           self_misses: non_neg_integer(),
-          self_warned: MapSet.t(atom()) | nil
+          self_warned: MapSet.t(atom()) | nil,
+          peers_leaving: %{node() => integer()}
         }
 
   @type action ::
@@ -301,6 +310,20 @@ defmodule ClusterSRV.Membership do
   defp label({name, type}), do: "#{name} (#{type |> Atom.to_string() |> String.upcase()})"
 
   @doc """
+  The strategy of `node` said at `now` that it is leaving (its node shuts down): it is not
+  connected again while DNS still lists it, for at most 30 s.
+  """
+  @spec peer_leaving(t(), node(), integer()) :: {t(), [action()]}
+  def peer_leaving(state, node, now) do
+    {%{state | peers_leaving: Map.put(state.peers_leaving, node, now)},
+     [
+       {:log, :info,
+        "#{inspect(node)} is leaving (its node is shutting down): not connecting it again " <>
+          "while DNS still lists it"}
+     ]}
+  end
+
+  @doc """
   A job of `kind` for `node` ended with `outcome`: `{:returned, value, duration}`,
   `{:crashed, reason}` or `:timed_out`.
   """
@@ -354,8 +377,18 @@ defmodule ClusterSRV.Membership do
       |> MapSet.union(MapSet.new(to_disconnect ++ disconnecting ++ kept))
       |> MapSet.delete(me)
 
-    # A leaving node (its pod terminating) starts no new connects.
-    to_connect = if state.leaving, do: [], else: to_connect
+    # A leaving node (its pod terminating) starts no new connects, and a peer that said it is
+    # leaving is not connected again while its mark holds.
+    peers_leaving =
+      Map.filter(state.peers_leaving, fn {node, since} ->
+        MapSet.member?(listed, node) and not MapSet.member?(connected, node) and
+          now - since < @leaving_for
+      end)
+
+    to_connect =
+      if state.leaving,
+        do: [],
+        else: Enum.reject(to_connect, &Map.has_key?(peers_leaving, &1))
 
     # Connects to nodes not tried yet (or that last succeeded) and disconnects start at once;
     # connects to nodes whose last connect failed wait as retries.
@@ -378,6 +411,7 @@ defmodule ClusterSRV.Membership do
             MapSet.member?(listed, node) and not MapSet.member?(connected, node)
           end),
         missing: missing,
+        peers_leaving: peers_leaving,
         jobs: jobs,
         retries: Enum.reduce(retry, state.retries, &:queue.in(&1, &2))
     }

@@ -111,8 +111,10 @@ defmodule ClusterSRV.Strategy do
   torn down the instant DNS drops it; `prune: false` never disconnects because of DNS, as
   Phoenix's dns_cluster does. When this node's own name was listed and drops out of a
   successful answer (its pod is terminating), it starts no new connects. On a normal shutdown
-  (the app stopping on SIGTERM) a distributed node leaves with `:global.disconnect/0`, so that
-  the others do not see an overlapping partition.
+  (the app stopping on SIGTERM) a distributed node leaves: it tells the strategies of its
+  topology on the other nodes, which do not connect it again while DNS still lists it (for at
+  most 30 s), refuses new connections if the whole node is stopping, and disconnects with
+  `:global.disconnect/0`, so that the others do not see an overlapping partition.
 
   ## The self-check
 
@@ -286,6 +288,12 @@ defmodule ClusterSRV.Strategy do
   def handle_info({:poll, timer}, %{timer: timer} = state),
     do: {:noreply, start_lookup(%{state | timer: nil})}
 
+  def handle_info({:cluster_srv_leaving, node}, state) when is_atom(node) do
+    now = System.monotonic_time(:millisecond)
+    {membership, actions} = Membership.peer_leaving(state.membership, node, now)
+    {:noreply, perform(%{state | membership: membership}, actions)}
+  end
+
   def handle_info({:cluster_srv_self_check, ref, causes}, %{self_check: {ref, _pid}} = state) do
     {membership, actions} = Membership.self_check_done(state.membership, causes)
     {:noreply, perform(%{state | membership: membership, self_check: nil}, actions)}
@@ -444,18 +452,40 @@ defmodule ClusterSRV.Strategy do
 
   # On a normal shutdown (the app stopping, as on SIGTERM), a distributed node leaves with
   # :global.disconnect/0, which tells the others it is leaving, so that they do not see an
-  # overlapping partition and disconnect one another.
+  # overlapping partition and disconnect one another. First it tells the strategies of its
+  # topology on the other nodes, so that they do not connect it again while DNS still lists it
+  # (a terminating pod stays listed until it has exited).
   @impl true
   def terminate(reason, state) do
     if Node.self() != :nonode@nohost and normal?(reason) and
          function_exported?(:global, :disconnect, 0) do
+      peers = Node.list()
+      :erpc.multicall(peers, __MODULE__, :peer_leaving, [state.topology.name, Node.self()], 1_000)
+
+      # When the whole node is stopping, no one may connect it again before it is gone: a peer
+      # whose connect was already on its way when the word came would pull it back in. Only
+      # then, since net_kernel's allow list cannot be undone.
+      if match?({:stopping, _}, :init.get_status()), do: :net_kernel.allow([Node.self()])
+
       left = :global.disconnect()
 
       log(
         state,
         :info,
-        "leaving the cluster on shutdown: disconnected from #{length(left)} node(s) with :global.disconnect/0"
+        "leaving the cluster on shutdown: told #{length(peers)} node(s), and disconnected " <>
+          "from #{length(left)} with :global.disconnect/0"
       )
+    end
+
+    :ok
+  end
+
+  @doc false
+  # Called on this node by a strategy of `topology` that is leaving on `node`.
+  def peer_leaving(topology, node) when is_atom(topology) and is_atom(node) do
+    case Process.whereis(registered_name(topology)) do
+      nil -> :ok
+      pid -> send(pid, {:cluster_srv_leaving, node})
     end
 
     :ok

@@ -173,6 +173,50 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     end
   end
 
+  describe "a partition that refuses" do
+    @ticktime 4
+
+    # A firewall that rejects (TCP reset, ICMP unreachable) leaves no connection setup waiting
+    # on a lost packet: the strategies' polls during the partition fail at once, and the first
+    # poll after it connects. So the mesh is whole within one interval, plus the time of that
+    # poll's lookup and connects.
+    test "a pod refused for longer than net_ticktime is back in the full mesh within one interval",
+         %{network: network} do
+      cluster = cluster!(network, "refuse", erl: "-kernel net_ticktime #{@ticktime}")
+      {cluster, pods} = NetnsCluster.add_pods(cluster, 4)
+      assert_mesh(cluster, 5 * @interval, now())
+      [_, victim | _] = pods
+      others = List.delete(pods, victim)
+
+      cut_at = now()
+      NetnsCluster.partition(cluster, victim, :reject)
+
+      noticed =
+        eventually(
+          fn ->
+            Pod.members(victim) == MapSet.new() and
+              Enum.all?(others, &(victim.name not in Pod.members(&1)))
+          end,
+          cut_at + 3 * @ticktime * 1_000
+        )
+
+      assert noticed, NetnsCluster.timeline(cluster, cut_at)
+      Process.sleep(max(cut_at + 2 * @ticktime * 1_000 - now(), 0))
+      NetnsCluster.heal(cluster, victim, :reject)
+      returned_at = now()
+
+      ms = assert_mesh(cluster, 5 * @interval, cut_at)
+
+      assert ms <= @interval + 250,
+             "back in the full mesh #{ms} ms after the partition ended:\n" <>
+               NetnsCluster.timeline(cluster, returned_at)
+
+      for pod <- pods do
+        assert Pod.info(pod).disconnects == [], NetnsCluster.timeline(cluster, cut_at)
+      end
+    end
+  end
+
   describe "a StatefulSet pod recreated under its name" do
     # Until DNS drops the dead pod, the others' strategies may still be connecting to its old
     # address, which no one holds any more. While such a connection setup is pending (until

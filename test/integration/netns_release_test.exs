@@ -61,7 +61,7 @@ defmodule ClusterSRV.Integration.NetnsReleaseTest do
         ])
 
       assert status == 0, output
-      assert output =~ "asking the system's resolv.conf", output
+      assert output =~ "asking 10.96.0.10:53 (the VM's resolver settings)", output
       assert output =~ "Node names the strategy would connect to (3)", output
       assert output =~ ~s(✓ #{inspect(pod.name)}), output
       refute output =~ "✗", output

@@ -66,6 +66,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
     standalone: false,
     pods: %{},
     sandboxes: %{},
+    labels: %{},
+    unlisted: MapSet.new(),
     dead: %{},
     next: 0
   ]
@@ -176,11 +178,18 @@ defmodule ClusterSRV.Harness.NetnsCluster do
 
   @doc """
   Starts `count` pods, lists them in DNS in one update, and waits until each runs. Options:
-  `:nameserver`, the resolv.conf nameserver of these pods (a node's caching DNS, say).
-  Returns the cluster and the new pods.
+  `:nameserver`, the resolv.conf nameserver of these pods (a node's caching DNS, say);
+  `:template`, the Deployment's pod template hash in their names (a rolling update's new
+  ReplicaSet); `:node_host`, `:pod_ip` to name the node after its pod IP whatever the layout
+  (a node named otherwise than DNS lists it). Returns the cluster and the new pods.
   """
   def add_pods(%__MODULE__{} = cluster, count, opts \\ []) do
     indexes = Enum.to_list(cluster.next..(cluster.next + count - 1)//1)
+
+    labels =
+      Map.new(indexes, fn i -> {i, pod_label(cluster, i, Keyword.get(opts, :template))} end)
+
+    cluster = %{cluster | labels: Map.merge(cluster.labels, labels)}
     started = for i <- indexes, do: {i, start_pod(cluster, i, opts)}
     cluster = %{cluster | next: cluster.next + count}
 
@@ -208,7 +217,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
 
   # Kubelet's part: the sandbox, its files, then the container.
   defp start_pod(cluster, i, opts) do
-    label = pod_label(cluster, i)
+    label = label(cluster, i)
     sandbox = Network.sandbox!(cluster.network, "pod#{i}")
     register(cluster, [sandbox])
     fqdn = Zone.target(%{cluster.service | target: :hostname}, {label, sandbox.ip})
@@ -220,7 +229,12 @@ defmodule ClusterSRV.Harness.NetnsCluster do
       resolv_conf(cluster, nameserver)
     )
 
-    host = if cluster.layout == :pod_ip, do: ip_string(sandbox.ip), else: fqdn
+    node_host =
+      Keyword.get_lazy(opts, :node_host, fn ->
+        if cluster.layout == :pod_ip, do: :pod_ip, else: :fqdn
+      end)
+
+    host = if node_host == :pod_ip, do: ip_string(sandbox.ip), else: fqdn
 
     pod =
       Pod.start!(
@@ -230,7 +244,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
           ip: sandbox.ip,
           netns: sandbox.ns,
           hostname: label,
-          node_host: if(cluster.layout == :pod_ip, do: :pod_ip, else: :fqdn),
+          node_host: node_host,
           app: cluster.app,
           erl: cluster.erl,
           cookie: cluster.cookie,
@@ -328,6 +342,72 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   end
 
   @doc """
+  Stops a pod as Kubernetes stops a terminating one (SIGTERM, its app stops), and once its VM
+  has exited removes it from DNS and deletes its sandbox: with `publishNotReadyAddresses:
+  true`, a terminating pod stays listed until it is gone.
+  """
+  def terminate_pod(%__MODULE__{} = cluster, %Pod{} = pod) do
+    Pod.terminate(pod)
+    kill_pod(cluster, pod)
+  end
+
+  @doc """
+  Calls `module.fun(args)` on a pod's node, from a short-lived node in the pod's own sandbox (as
+  `bin/app rpc` runs inside a pod), and returns the result. What the call prints comes back as
+  `{result, output}` with `output: true`.
+  """
+  def rpc(%__MODULE__{} = cluster, %Pod{} = pod, module, fun, args, opts \\ []) do
+    sandbox = sandbox(cluster, pod)
+    name = "rpc#{System.unique_integer([:positive])}@#{ip_string(sandbox.ip)}"
+
+    code = """
+    result = :rpc.call(#{inspect(pod.name)}, #{inspect(module)}, #{inspect(fun)}, \
+    :erlang.binary_to_term(Base.decode64!("#{Base.encode64(:erlang.term_to_binary(args))}")), 60_000)
+    IO.puts("@@result " <> Base.encode64(:erlang.term_to_binary(result)))
+    """
+
+    {ip, argv} =
+      ClusterSRV.Harness.Netns.exec_args(sandbox.ns, [
+        System.find_executable("elixir"),
+        "--name",
+        name,
+        "--cookie",
+        cluster.cookie,
+        "-e",
+        code
+      ])
+
+    {output, _status} = System.cmd(ip, argv, stderr_to_stdout: true)
+
+    result =
+      case Regex.run(~r/^@@result (\S+)$/m, output) do
+        [_, encoded] -> :erlang.binary_to_term(Base.decode64!(encoded))
+        nil -> raise "rpc to #{pod.label} failed: #{output}"
+      end
+
+    if Keyword.get(opts, :output, false),
+      do: {result, String.replace(output, ~r/^@@result \S+\n?/m, "")},
+      else: result
+  end
+
+  @doc """
+  Removes a pod from DNS and leaves it running, as a draining pod's endpoint goes away, or
+  `list/2` lists it again.
+  """
+  def unlist(%__MODULE__{} = cluster, %Pod{} = pod) do
+    cluster = %{cluster | unlisted: MapSet.put(cluster.unlisted, index!(cluster, pod))}
+    publish(cluster)
+    cluster
+  end
+
+  @doc "Lists a pod `unlist/2` removed from DNS again."
+  def list(%__MODULE__{} = cluster, %Pod{} = pod) do
+    cluster = %{cluster | unlisted: MapSet.delete(cluster.unlisted, index!(cluster, pod))}
+    publish(cluster)
+    cluster
+  end
+
+  @doc """
   Kills a pod and starts it again under the same name, as a StatefulSet recreates a deleted
   pod: a new sandbox with a new address, listed in DNS again once it runs. Returns the cluster
   and the new pod.
@@ -350,7 +430,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
 
   @doc """
   Cuts a pod off the network: `:link` (default) takes its veth down on the bridge, `:nft` drops
-  all its traffic with nftables rules in its sandbox.
+  all its traffic with nftables rules in its sandbox, `:reject` refuses it (TCP reset, ICMP
+  unreachable), so that nothing waits on a lost packet.
   """
   def partition(%__MODULE__{} = cluster, %Pod{} = pod, how \\ :link) do
     sandbox = sandbox(cluster, pod)
@@ -358,6 +439,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
     case how do
       :link -> Network.cut(cluster.network, sandbox)
       :nft -> Network.block(cluster.network, sandbox)
+      :reject -> Network.block(cluster.network, sandbox, :reject)
     end
   end
 
@@ -367,7 +449,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
 
     case how do
       :link -> Network.restore(cluster.network, sandbox)
-      :nft -> Network.unblock(cluster.network, sandbox)
+      how when how in [:nft, :reject] -> Network.unblock(cluster.network, sandbox)
     end
   end
 
@@ -519,7 +601,11 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   end
 
   defp listed(cluster) do
-    live = for {i, pod} <- Enum.sort(cluster.pods), do: {pod_label(cluster, i), pod.ip}
+    live =
+      for {i, pod} <- Enum.sort(cluster.pods),
+          not MapSet.member?(cluster.unlisted, i),
+          do: {label(cluster, i), pod.ip}
+
     dead = for {label, {_, _, ip}} <- Enum.sort(cluster.dead), do: {label, ip}
     dead ++ live
   end
@@ -531,11 +617,14 @@ defmodule ClusterSRV.Harness.NetnsCluster do
 
   defp ip_string(ip), do: List.to_string(:inet.ntoa(ip))
 
-  defp pod_label(%{layout: :statefulset, app: app}, i), do: "#{app}-#{i}"
+  defp label(cluster, i),
+    do: Map.get_lazy(cluster.labels, i, fn -> pod_label(cluster, i, nil) end)
+
+  defp pod_label(%{layout: :statefulset, app: app}, i, _template), do: "#{app}-#{i}"
 
   # A ReplicaSet's pod names: the Deployment, a template hash, and five random characters.
-  defp pod_label(%{app: app}, i) do
+  defp pod_label(%{app: app}, i, template) do
     suffix = :erlang.phash2({app, i}, 26 ** 5) |> Integer.to_string(26) |> String.downcase()
-    "#{app}-5d8c7f9b6-#{suffix}"
+    "#{app}-#{template || "5d8c7f9b6"}-#{suffix}"
   end
 end

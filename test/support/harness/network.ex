@@ -130,14 +130,38 @@ defmodule ClusterSRV.Harness.Network do
   end
 
   @doc """
-  Partitions the sandbox with nftables rules in it, dropping everything it sends or receives
+  Partitions the sandbox with nftables rules in it, dropping (`:drop`, the default) or
+  refusing (`:reject`) everything it sends or receives
   on `eth0`, while its link stays up.
   """
-  def block(%__MODULE__{}, %Sandbox{ns: ns}) do
+  def block(network, sandbox, how \\ :drop)
+
+  def block(%__MODULE__{}, %Sandbox{ns: ns}, :drop) do
     Netns.nft!(ns, """
     table inet csrv_partition {
       chain in { type filter hook input priority 0; policy accept; iifname "eth0" drop; }
       chain out { type filter hook output priority 0; policy accept; oifname "eth0" drop; }
+    }
+    """)
+
+    :ok
+  end
+
+  # Refused rather than lost: TCP is reset and the rest answered "unreachable", as by a
+  # firewall that rejects, so that no connect hangs on either side.
+  def block(%__MODULE__{}, %Sandbox{ns: ns}, :reject) do
+    Netns.nft!(ns, """
+    table inet csrv_partition {
+      chain in {
+        type filter hook input priority 0; policy accept;
+        iifname "eth0" meta l4proto tcp reject with tcp reset
+        iifname "eth0" reject with icmpx type admin-prohibited
+      }
+      chain out {
+        type filter hook output priority 0; policy accept;
+        oifname "eth0" meta l4proto tcp reject with tcp reset
+        oifname "eth0" reject with icmpx type admin-prohibited
+      }
     }
     """)
 

@@ -94,6 +94,12 @@ defmodule ClusterSRV.Harness.Pod do
   @doc "Kills the pod's VM at once, as a crashed or evicted pod dies."
   def kill(%__MODULE__{pid: pid}), do: GenServer.call(pid, :kill, 10_000)
 
+  @doc """
+  Stops the pod as Kubernetes stops a terminating pod: SIGTERM to its VM, which stops as an
+  application stops on SIGTERM, then waits for it to exit. Returns when it has.
+  """
+  def terminate(%__MODULE__{pid: pid}), do: GenServer.call(pid, :terminate, 30_000)
+
   @doc "Stops the pod and its VM."
   def stop(%__MODULE__{pid: pid}) do
     GenServer.stop(pid)
@@ -148,6 +154,7 @@ defmodule ClusterSRV.Harness.Pod do
        disconnects: [],
        lookups: [],
        alive: true,
+       exited_at: nil,
        failure: nil,
        log: []
      }}
@@ -282,12 +289,19 @@ defmodule ClusterSRV.Harness.Pod do
        disconnects: Enum.reverse(state.disconnects),
        lookups: Enum.reverse(state.lookups),
        alive: state.alive,
+       exited_at: state.exited_at,
        log: Enum.reverse(state.log)
      }, state}
   end
 
+  def handle_call(:terminate, _from, %{os_pid: os_pid} = state) when os_pid != nil do
+    System.cmd("kill", ["-TERM", os_pid])
+    {:reply, :ok, wait_exit(state, 25_000)}
+  end
+
   def handle_call(:kill, _from, state) do
     cond do
+      not state.alive -> :ok
       state.os_pid -> System.cmd("kill", ["-KILL", state.os_pid])
       # A release's VM did not say its pid: every process of the sandbox dies, as a pod does.
       state.netns -> Netns.kill_all(state.netns)
@@ -303,7 +317,7 @@ defmodule ClusterSRV.Harness.Pod do
   end
 
   def handle_info({port, {:exit_status, _status}}, %{port: port} = state) do
-    state = %{state | alive: false, members: MapSet.new()}
+    state = %{state | alive: false, members: MapSet.new(), exited_at: now()}
     notify(state, :exited, now())
 
     for from <- state.waiting,
@@ -413,18 +427,19 @@ defmodule ClusterSRV.Harness.Pod do
     %{state | members: members, history: [{at, members} | state.history]}
   end
 
-  defp wait_exit(%{alive: false} = state), do: state
+  defp wait_exit(state, timeout \\ 5_000)
+  defp wait_exit(%{alive: false} = state, _timeout), do: state
 
-  defp wait_exit(state) do
+  defp wait_exit(state, timeout) do
     receive do
       {port, {:exit_status, _}} when port == state.port ->
         notify(state, :exited, now())
-        %{state | alive: false, members: MapSet.new()}
+        %{state | alive: false, members: MapSet.new(), exited_at: now()}
 
       {port, {:data, {_eol, line}}} when port == state.port ->
-        wait_exit(handle_line(line, now(), state))
+        wait_exit(handle_line(line, now(), state), timeout)
     after
-      5_000 -> state
+      timeout -> state
     end
   end
 

@@ -50,7 +50,21 @@ defmodule ClusterSRV.Harness.PodAgent do
         %{id: topology, start: {strategy, :start_link, [[state]]}}
       end
 
-    {:ok, _sup} = Supervisor.start_link([child], strategy: :one_for_one)
+    # As an application, so that SIGTERM (init:stop/0) stops it as it stops a release's app:
+    # its supervisor shuts the strategy down, and the VM exits.
+    app =
+      {:application, :cluster_srv_pod,
+       [
+         description: ~c"a pod of the local cluster",
+         vsn: ~c"0",
+         modules: [],
+         registered: [],
+         applications: [:kernel, :stdlib, :elixir, :logger],
+         mod: {__MODULE__.App, [child]}
+       ]}
+
+    :ok = :application.load(app)
+    {:ok, _} = Application.ensure_all_started(:cluster_srv_pod)
     Process.sleep(:infinity)
   end
 
@@ -120,4 +134,13 @@ defmodule ClusterSRV.Harness.PodAgent do
   defp say_nodes, do: say("nodes " <> (Node.list() |> Enum.sort() |> Enum.join(",")))
 
   defp say(line), do: IO.puts("@@ " <> line)
+end
+
+defmodule ClusterSRV.Harness.PodAgent.App do
+  @moduledoc false
+  # The pod's application: a supervisor of the strategy, as libcluster's or the app's own.
+  use Application
+
+  @impl true
+  def start(_type, children), do: Supervisor.start_link(children, strategy: :one_for_one)
 end
