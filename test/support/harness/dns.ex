@@ -98,7 +98,8 @@ defmodule ClusterSRV.Harness.DNS do
     do: GenServer.call(pid, {:put_service, service}, 15_000)
 
   @doc "Sends raw `nsupdate` lines (for example `update add ...`) in one update."
-  def update!(%__MODULE__{pid: pid}, lines), do: GenServer.call(pid, {:update, lines}, 15_000)
+  def update!(%__MODULE__{pid: pid}, lines, zone \\ Zone.domain()),
+    do: GenServer.call(pid, {:update, lines, zone}, 15_000)
 
   @impl true
   def init(opts) do
@@ -109,6 +110,7 @@ defmodule ClusterSRV.Harness.DNS do
     records = Enum.flat_map(services, &Zone.records/1) ++ extra
     ip = Keyword.get(opts, :ip, {127, 0, 0, 1})
     File.write!(Path.join(dir, "cluster.local.zone"), Zone.render(records, ip))
+    File.write!(Path.join(dir, "internal.zone"), Zone.render_zone("internal", [], ip))
 
     state = %{
       dir: dir,
@@ -166,8 +168,8 @@ defmodule ClusterSRV.Harness.DNS do
     {:reply, :ok, put_in(state.services[key], service)}
   end
 
-  def handle_call({:update, lines}, _from, state) do
-    nsupdate!(state, lines)
+  def handle_call({:update, lines, zone}, _from, state) do
+    nsupdate!(state, lines, zone)
     {:reply, :ok, state}
   end
 
@@ -324,7 +326,7 @@ defmodule ClusterSRV.Harness.DNS do
   # changes (a pod or two) stay one atomic update, as the endpoints controller's would be.
   @lines_per_update 300
 
-  defp nsupdate!(state, lines) do
+  defp nsupdate!(state, lines, zone \\ Zone.domain()) do
     script = Path.join(state.dir, "update-#{System.unique_integer([:positive])}.txt")
 
     updates =
@@ -334,7 +336,7 @@ defmodule ClusterSRV.Harness.DNS do
 
     File.write!(
       script,
-      "server #{:inet.ntoa(state.ip)} #{state.port}\nzone #{Zone.domain()}\n" <> updates
+      "server #{:inet.ntoa(state.ip)} #{state.port}\nzone #{zone}\n" <> updates
     )
 
     result =
@@ -408,6 +410,12 @@ defmodule ClusterSRV.Harness.DNS do
     zone "#{Zone.domain()}" {
       type primary;
       file "#{dir}/cluster.local.zone";
+      allow-update { #{ip}; };
+    };
+    # Names as platforms other than Kubernetes give them (dns_cluster's "myapp.internal").
+    zone "internal" {
+      type primary;
+      file "#{dir}/internal.zone";
       allow-update { #{ip}; };
     };
     """

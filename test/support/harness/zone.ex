@@ -112,18 +112,22 @@ defmodule ClusterSRV.Harness.Zone do
     do: "#{name} #{@ttl} IN SRV #{priority} #{weight} #{port} #{target}"
 
   def line({name, :a, ip}), do: "#{name} #{@ttl} IN A #{:inet.ntoa(ip)}"
+  def line({name, :aaaa, ip}), do: "#{name} #{@ttl} IN AAAA #{:inet.ntoa(ip)}"
   def line({name, :txt, text}), do: ~s|#{name} #{@ttl} IN TXT "#{text}"|
 
   @doc """
   A whole zone file for `cluster.local`, holding the given records; `server` is the address of
   the zone's own name server (`ns.dns`).
   """
-  def render(records, server \\ {127, 0, 0, 1}) do
+  def render(records, server \\ {127, 0, 0, 1}), do: render_zone(@domain, records, server)
+
+  @doc "A whole zone file for `domain`, holding the given records."
+  def render_zone(domain, records, server \\ {127, 0, 0, 1}) do
     header = """
-    $ORIGIN #{@domain}.
+    $ORIGIN #{domain}.
     $TTL #{@ttl}
-    @ IN SOA ns.dns.#{@domain}. hostmaster.#{@domain}. 1 7200 1800 86400 #{@ttl}
-    @ IN NS ns.dns.#{@domain}.
+    @ IN SOA ns.dns.#{domain}. hostmaster.#{domain}. 1 7200 1800 86400 #{@ttl}
+    @ IN NS ns.dns.#{domain}.
     ns.dns IN A #{:inet.ntoa(server)}
     """
 
