@@ -136,7 +136,9 @@ defmodule ClusterSRV do
   name: the `topology` option of `{ClusterSRV, opts}` (default `:cluster_srv`), or the key of a
   libcluster topology.
 
-    * `:topology`, `:query`, `:node` - what it is, what it asks, and this node's name;
+    * `:topology`, `:query`, `:node` - what it is, what it asks first, and this node's name;
+    * `:queries` - everything each poll asks, `%{name: fqdn, type: :srv | :a | :aaaa,
+      basename: basename}`, in order (several with a list of queries or of types);
     * `:last_lookup` - `%{at: DateTime.t(), result: :ok | {:error, reason}, duration_us: n}`,
       or `nil` before the first lookup ends;
     * `:listed` - the node names the latest successful answer listed;

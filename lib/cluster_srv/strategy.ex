@@ -444,6 +444,8 @@ defmodule ClusterSRV.Strategy do
     Map.merge(known, %{
       topology: state.topology.name,
       query: state.topology.config.query,
+      queries:
+        for(s <- state.topology.config.sources, do: Map.take(s, [:name, :type, :basename])),
       node: Node.self(),
       last_lookup: state.last_lookup,
       connected: Enum.sort(connected)

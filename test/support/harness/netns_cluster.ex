@@ -61,6 +61,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
     :release,
     :nameserver,
     erl: "",
+    ip_family: :ipv4,
     cookie: "cluster_srv",
     strategy: ClusterSRV.Strategy,
     standalone: false,
@@ -75,10 +76,15 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   @doc """
   Prepares a service's cluster on a network. Options: `:network`, `:service`, `:namespace`
   (default `"default"`), `:app` (default `"myapp"`), `:layout`, `:polling_interval` (default
-  1_000), `:config` (extra strategy config), `:ports` (the service's ports, to make its answer
-  larger), `:erl` (VM flags of every pod), `:nameserver` (the resolv.conf nameserver of the
-  pods; default the cluster DNS), `:subscriber`, `:strategy`, `:standalone`, and `:release` (a
-  release's `bin/<name>`; `:app` is then the release's name).
+  1_000), `:config` (extra strategy config; with a `:query`, the pods ask that instead of the
+  service), `:ports` (the service's ports, to make its answer larger), `:erl` (VM flags of
+  every pod), `:nameserver` (the resolv.conf nameserver of the pods; default the cluster DNS),
+  `:subscriber`, `:strategy`, `:standalone`, `:release` (a release's `bin/<name>`; `:app` is
+  then the release's name), and `:ip_family`: `:ipv6` gives each pod an IPv6 address besides
+  its IPv4 one and makes it the pod IP, as a service with `ipFamilies: [IPv6]` on a dual-stack
+  cluster sees its pods. The service then lists them by AAAA records, and the pods need
+  `erl: "-proto_dist inet6_tcp"` and the `:pod_ip` layout to be reached at it. The cluster
+  DNS is still reached on IPv4.
   """
   def start!(opts) do
     network = Keyword.fetch!(opts, :network)
@@ -95,14 +101,18 @@ defmodule ClusterSRV.Harness.NetnsCluster do
         end
       end)
 
+    extra = Keyword.get(opts, :config, [])
+
+    # A `:query` in the extra config (dns_cluster's form) stands for the service's name.
+    service_config =
+      if Keyword.has_key?(extra, :query),
+        do: [],
+        else: [service: name, namespace: namespace, application_name: app]
+
     config =
-      [
-        service: name,
-        namespace: namespace,
-        application_name: app,
-        polling_interval: Keyword.get(opts, :polling_interval, 1_000)
-      ] ++
-        layout_config(layout) ++ Keyword.get(opts, :config, [])
+      service_config ++
+        [polling_interval: Keyword.get(opts, :polling_interval, 1_000)] ++
+        layout_config(layout) ++ extra
 
     {:ok, registry} = Agent.start_link(fn -> [] end)
     target = if layout == :pod_ip, do: :ip, else: :hostname
@@ -124,6 +134,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
           List.to_string(:inet.ntoa(Network.dns_ip()))
         end),
       erl: Keyword.get(opts, :erl, ""),
+      ip_family: Keyword.get(opts, :ip_family, :ipv4),
       strategy: Keyword.get(opts, :strategy, ClusterSRV.Strategy),
       standalone: Keyword.get(opts, :standalone, false)
     }
@@ -218,14 +229,15 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   # Kubelet's part: the sandbox, its files, then the container.
   defp start_pod(cluster, i, opts) do
     label = label(cluster, i)
-    sandbox = Network.sandbox!(cluster.network, "pod#{i}")
+    sandbox = Network.sandbox!(cluster.network, "pod#{i}", ipv6: cluster.ip_family == :ipv6)
     register(cluster, [sandbox])
-    fqdn = Zone.target(%{cluster.service | target: :hostname}, {label, sandbox.ip})
+    pod_ip = pod_ip(cluster, sandbox)
+    fqdn = Zone.target(%{cluster.service | target: :hostname}, {label, pod_ip})
     nameserver = Keyword.get(opts, :nameserver, cluster.nameserver)
 
     write_etc!(
       sandbox.ns,
-      hosts(cluster, label, fqdn, sandbox.ip),
+      hosts(cluster, label, fqdn, pod_ip),
       resolv_conf(cluster, nameserver)
     )
 
@@ -234,14 +246,14 @@ defmodule ClusterSRV.Harness.NetnsCluster do
         if cluster.layout == :pod_ip, do: :pod_ip, else: :fqdn
       end)
 
-    host = if node_host == :pod_ip, do: ip_string(sandbox.ip), else: fqdn
+    host = if node_host == :pod_ip, do: ip_string(pod_ip), else: fqdn
 
     pod =
       Pod.start!(
         [
           label: label,
           host: host,
-          ip: sandbox.ip,
+          ip: pod_ip,
           netns: sandbox.ns,
           hostname: label,
           node_host: node_host,
@@ -275,9 +287,14 @@ defmodule ClusterSRV.Harness.NetnsCluster do
         {"CLUSTER_POLLING_INTERVAL", Integer.to_string(config[:polling_interval])}
       ] ++
         case cluster.layout do
-          :statefulset -> []
-          :deployment -> [{"CLUSTER_PORT_NAME", "discovery"}]
-          :pod_ip -> [{"CLUSTER_NODE_NAMING", "ip"}, {"NODE_HOST", ip_string(sandbox.ip)}]
+          :statefulset ->
+            []
+
+          :deployment ->
+            [{"CLUSTER_PORT_NAME", "discovery"}]
+
+          :pod_ip ->
+            [{"CLUSTER_NODE_NAMING", "ip"}, {"NODE_HOST", ip_string(pod_ip(cluster, sandbox))}]
         end
 
     [release: cluster.release, env: env]
@@ -358,7 +375,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   """
   def rpc(%__MODULE__{} = cluster, %Pod{} = pod, module, fun, args, opts \\ []) do
     sandbox = sandbox(cluster, pod)
-    name = "rpc#{System.unique_integer([:positive])}@#{ip_string(sandbox.ip)}"
+    name = "rpc#{System.unique_integer([:positive])}@#{ip_string(pod_ip(cluster, sandbox))}"
+    dist = if cluster.ip_family == :ipv6, do: ["--erl", "-proto_dist inet6_tcp"], else: []
 
     code = """
     result = :rpc.call(#{inspect(pod.name)}, #{inspect(module)}, #{inspect(fun)}, \
@@ -372,9 +390,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
         "--name",
         name,
         "--cookie",
-        cluster.cookie,
-        "-e",
-        code
+        cluster.cookie
+        | dist ++ ["-e", code]
       ])
 
     {output, _status} = System.cmd(ip, argv, stderr_to_stdout: true)
@@ -616,6 +633,9 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   end
 
   defp ip_string(ip), do: List.to_string(:inet.ntoa(ip))
+
+  defp pod_ip(%{ip_family: :ipv6}, sandbox), do: sandbox.ip6
+  defp pod_ip(_cluster, sandbox), do: sandbox.ip
 
   defp label(cluster, i),
     do: Map.get_lazy(cluster.labels, i, fn -> pod_label(cluster, i, nil) end)

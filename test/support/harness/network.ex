@@ -7,6 +7,8 @@ defmodule ClusterSRV.Harness.Network do
   (`ClusterSRV.Harness.DNS`) serves the CoreDNS-shaped `cluster.local` on port 53. Each pod
   sandbox is a namespace of its own with one end of a veth pair (`eth0`, 10.244.0.N/24) and the
   other end on the bridge, and a route to the service range 10.96.0.0/12 through the bridge.
+  A sandbox made with `ipv6: true` also holds the unique local address fd00:10:244::N/64 on
+  its `eth0` (the same N), as a dual-stack CNI gives a pod; the DNS stays on IPv4.
   Nothing links the cluster namespace to the host's, and it has no route out, so no packet
   leaves the namespaces.
 
@@ -36,8 +38,14 @@ defmodule ClusterSRV.Harness.Network do
 
   defmodule Sandbox do
     @moduledoc "A pod's network namespace: its name, its address, and its veth on the bridge."
-    defstruct [:ns, :ip, :veth]
-    @type t :: %__MODULE__{ns: String.t(), ip: :inet.ip4_address(), veth: String.t()}
+    defstruct [:ns, :ip, :ip6, :veth]
+
+    @type t :: %__MODULE__{
+            ns: String.t(),
+            ip: :inet.ip4_address(),
+            ip6: :inet.ip6_address() | nil,
+            veth: String.t()
+          }
   end
 
   @dns_ip {10, 96, 0, 10}
@@ -68,7 +76,8 @@ defmodule ClusterSRV.Harness.Network do
 
   @doc """
   Makes a pod sandbox: a namespace (`csrv-<run>-<n>-<kind>`) on the bridge with the next free
-  address. Pass `ip: false` for a namespace with no link at all.
+  address. Pass `ip: false` for a namespace with no link at all, and `ipv6: true` for a pod
+  that also has an IPv6 address (`sandbox.ip6`).
   """
   def sandbox!(%__MODULE__{pid: pid}, kind, opts \\ []),
     do: GenServer.call(pid, {:sandbox, kind, opts}, 30_000)
@@ -272,7 +281,8 @@ defmodule ClusterSRV.Harness.Network do
         Netns.ip!(ns, ["addr", "add", "#{:inet.ntoa(ip)}/24", "dev", "eth0"])
         Netns.ip!(ns, ~w(link set eth0 up))
         Netns.ip!(ns, ["route", "add", @service_range, "via", "#{:inet.ntoa(@gateway)}"])
-        {%Sandbox{ns: ns, ip: ip, veth: veth}, state}
+        ip6 = if Keyword.get(opts, :ipv6, false), do: add_ip6!(ns, ip)
+        {%Sandbox{ns: ns, ip: ip, ip6: ip6, veth: veth}, state}
       end
 
     {:reply, sandbox, put_in(state.sandboxes[ns], sandbox)}
@@ -328,6 +338,14 @@ defmodule ClusterSRV.Harness.Network do
     do: {{10, 244, 0, host}, %{state | next_host: host + 1}}
 
   defp next_ip(_state), do: raise("the pod network 10.244.0.0/24 is full")
+
+  # The pod's ULA, on the same link; `nodad`, so that it is usable at once rather than after
+  # duplicate address detection (a second or so), as no other pod can hold it.
+  defp add_ip6!(ns, {_, _, _, host}) do
+    ip6 = {0xFD00, 0x10, 0x244, 0, 0, 0, 0, host}
+    Netns.ip!(ns, ["-6", "addr", "add", "#{:inet.ntoa(ip6)}/64", "dev", "eth0", "nodad"])
+    ip6
+  end
 
   defp link(net, veth, updown) do
     Netns.ip!(net, ["link", "set", veth, updown])

@@ -36,7 +36,7 @@ defmodule ClusterSRV.Harness.Pod do
           pid: pid(),
           name: node(),
           label: String.t(),
-          ip: :inet.ip4_address(),
+          ip: :inet.ip_address(),
           netns: String.t() | nil
         }
 

@@ -92,9 +92,14 @@ defmodule ClusterSRV.Harness.Zone do
 
     srv_set.(service_name(service)) ++
       List.flatten(named_sets) ++
-      for({_, ip} <- pods, do: {service_name(service), :a, ip}) ++
-      for pod <- Enum.uniq(pods), do: {target(service, pod) <> ".", :a, elem(pod, 1)}
+      for({_, ip} <- pods, do: {service_name(service), address_type(ip), ip}) ++
+      for pod <- Enum.uniq(pods),
+          do: {target(service, pod) <> ".", address_type(elem(pod, 1)), elem(pod, 1)}
   end
+
+  # A pod with an IPv6 address (an IPv6 service, `ipFamilies: [IPv6]`) is listed by AAAA records.
+  defp address_type(ip) when tuple_size(ip) == 8, do: :aaaa
+  defp address_type(_ip), do: :a
 
   @doc "The names the service owns, for deleting them all in a dynamic update."
   def owned_names(%__MODULE__{} = service) do
