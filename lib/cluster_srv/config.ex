@@ -455,8 +455,8 @@ defmodule ClusterSRV.Config do
     invalid!(
       :resolver,
       fun,
-      "a function of one argument that takes the SRV name as a charlist and returns what " <>
-        ":inet_res.getbyname/2 returns",
+      "a function of one argument that takes the name to ask as a charlist and returns what " <>
+        ":inet_res.getbyname/2 returns (a module, as dns_cluster's :resolver, is not one)",
       "resolver: &:inet_res.getbyname(&1, :srv)"
     )
   end

@@ -60,6 +60,9 @@ defmodule ClusterSRV.Reasons do
   def describe_rejection(:no_service, _), do: "the root target \".\" means no service"
   def describe_rejection(:no_address, _), do: "no address for node_naming: :ip"
 
+  def describe_rejection(:unspecified_address, _),
+    do: "an unspecified address (0.0.0.0 or ::) is no node's"
+
   def describe_rejection(:over_max_nodes, context),
     do: "more than max_nodes (#{context[:max_nodes]}) names in one answer"
 

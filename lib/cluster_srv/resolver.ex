@@ -368,24 +368,35 @@ defmodule ClusterSRV.Resolver do
   @doc """
   Names the addresses of an A or AAAA answer `basename@address`, the address written as
   `:inet.ntoa/1` writes it, as dns_cluster names nodes: at most `max_nodes` of them, the others
-  rejected as `:over_max_nodes`. The addresses are parsed data, never text from DNS, so their
-  atoms are as safe as validated names.
+  rejected as `:over_max_nodes`. An unspecified address (`0.0.0.0`, `::`) is rejected as
+  `:unspecified_address`: a connect to it would reach this host itself. The addresses are
+  parsed data, never text from DNS, so their atoms are as safe as validated names.
 
       iex> ClusterSRV.Resolver.address_names([{10, 1, 0, 5}, {0xfd00, 0, 0, 0, 0, 0, 0, 1}], "app", 1)
       %{nodes: [:"app@10.1.0.5"], rejected: [{"fd00::1", :over_max_nodes}]}
+
+      iex> ClusterSRV.Resolver.address_names([{0, 0, 0, 0}, {10, 1, 0, 6}], "app", 10)
+      %{nodes: [:"app@10.1.0.6"], rejected: [{"0.0.0.0", :unspecified_address}]}
   """
   @spec address_names([:inet.ip_address()], String.t(), pos_integer()) :: %{
           nodes: [node()],
-          rejected: [{String.t(), :over_max_nodes}]
+          rejected: [{String.t(), :over_max_nodes | :unspecified_address}]
         }
   def address_names(addresses, basename, max_nodes) do
-    {taken, over} = addresses |> Enum.uniq() |> Enum.split(max_nodes)
+    {unspecified, usable} = addresses |> Enum.uniq() |> Enum.split_with(&unspecified?/1)
+    {taken, over} = Enum.split(usable, max_nodes)
 
     %{
       nodes: for(ip <- taken, do: :"#{basename}@#{:inet.ntoa(ip)}"),
-      rejected: for(ip <- over, do: {List.to_string(:inet.ntoa(ip)), :over_max_nodes})
+      rejected:
+        for(ip <- unspecified, do: {List.to_string(:inet.ntoa(ip)), :unspecified_address}) ++
+          for(ip <- over, do: {List.to_string(:inet.ntoa(ip)), :over_max_nodes})
     }
   end
+
+  defp unspecified?({0, 0, 0, 0}), do: true
+  defp unspecified?({0, 0, 0, 0, 0, 0, 0, 0}), do: true
+  defp unspecified?(_ip), do: false
 
   @types [:srv, :a, :aaaa]
 

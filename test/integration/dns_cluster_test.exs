@@ -24,7 +24,9 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
         "update add web.internal. 5 IN A 127.0.0.22",
         "update add web.internal. 5 IN AAAA fd00::21",
         "update add web.internal. 5 IN AAAA fd00::22",
-        "update add v4only.internal. 5 IN A 127.0.0.23"
+        "update add v4only.internal. 5 IN A 127.0.0.23",
+        "update add zero.internal. 5 IN A 0.0.0.0",
+        "update add zero.internal. 5 IN A 127.0.0.24"
       ],
       "internal"
     )
@@ -99,6 +101,21 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
       start_strategy(dns, query: "web.internal", dns_rr_types: [:a])
       assert connects(2) == [:"nonode@127.0.0.21", :"nonode@127.0.0.22"]
       refute_receive {:probe, :connect, _, _}, 3 * @interval
+    end
+
+    test "an unspecified address is no node's: it is left out, and said so once", %{dns: dns} do
+      log =
+        capture_log(fn ->
+          start_strategy(dns, query: "zero.internal", dns_rr_types: [:a])
+          assert connects(1) == [:"nonode@127.0.0.24"]
+          refute_receive {:probe, :connect, _, _}, 3 * @interval
+        end)
+
+      assert [_] =
+               Regex.scan(
+                 ~r/ignoring 1 address.*zero.internal \(A\): an unspecified address.*"0.0.0.0"/,
+                 log
+               )
     end
 
     test "AAAA only names them after the IPv6 address, as :inet.ntoa/1 writes it", %{dns: dns} do

@@ -235,12 +235,14 @@ fn is_hostname(text: &str) -> bool {
     })
 }
 
-/// The address a node named after its IP would use: the first IPv4, else the first IPv6.
+/// The address a node named after its IP would use: the first IPv4, else the first IPv6. An
+/// unspecified address (0.0.0.0, ::) is no node's: a connect to it reaches this host itself.
 fn address_host(addresses: &[IpAddr]) -> Option<String> {
-    addresses
-        .iter()
+    let mut usable = addresses.iter().filter(|ip| !ip.is_unspecified());
+    let first = usable.clone().next();
+    usable
         .find(|ip| ip.is_ipv4())
-        .or_else(|| addresses.first())
+        .or(first)
         .map(|ip| ip.to_string())
 }
 
@@ -439,6 +441,24 @@ mod tests {
             .rejected
             .iter()
             .all(|(_, reason)| *reason == Rejection::OverMaxNodes));
+    }
+
+    #[test]
+    fn ip_naming_skips_unspecified_addresses() {
+        let mut rules = rules();
+        rules.naming = Naming::Ip;
+        let only = [IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+        let target = "myapp-0.myapp-headless.default.svc.cluster.local";
+        assert_eq!(node_name(target, &only, &rules), Err(Rejection::NoAddress));
+        let mixed = [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6("fd00::b".parse().unwrap()),
+        ];
+        assert_eq!(
+            node_name(target, &mixed, &rules),
+            Ok("myapp@fd00::b".to_string())
+        );
     }
 
     #[test]
