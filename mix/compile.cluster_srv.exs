@@ -73,6 +73,8 @@ defmodule Mix.Tasks.Compile.ClusterSrv do
   @doc false
   # The test build adds an entry point that panics on purpose, to test the panic guards.
   def features(:test), do: ["nif", "test-panic"]
+  # `make bench` runs in dev: its probe NIFs (see native/cluster_srv/src/probe.rs).
+  def features(:dev), do: ["nif", "bench-probe"]
   def features(_env), do: ["nif"]
 
   @doc false

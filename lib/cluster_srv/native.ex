@@ -67,6 +67,14 @@ defmodule ClusterSRV.Native do
     def test_panic(_site, _tag), do: not_loaded()
   end
 
+  # The benchmark's probe: dev builds only, as the Mix compiler builds the crate for dev.
+  if Mix.env() == :dev do
+    @doc false
+    def probe_lookup(_resolver, _name, _tag), do: not_loaded()
+    @doc false
+    def probe_dirty_lookup(_resolver, _name, _timeout_ms), do: not_loaded()
+  end
+
   defp not_loaded do
     case :persistent_term.get(@load_error_key, :unknown) do
       # The code that held the library was deleted, and this code cannot load it again.

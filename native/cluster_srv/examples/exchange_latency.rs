@@ -5,15 +5,18 @@
 //!
 //!     cargo run --release --example exchange_latency -- <bind port> <name> <rounds> <per round> [<large name>]
 //!
-//! Each mode but `cluster_srv_lookup_handed_off` runs its lookups inside one task, so those
-//! figures hold no handoff from outside the runtime; that one starts each lookup from outside,
-//! as the NIF does. Modes alternate round by round. Output: `RESULT <mode> <median µs> <p90 µs>
+//! Each mode but the two `cluster_srv_lookup_*_outside`/`_handed_off` ones runs its lookups
+//! inside one task, so those figures hold no handoff from outside the runtime. Of those two,
+//! `begun_outside` sends the query from the calling thread and hands the rest to the runtime,
+//! as the NIF's `start_lookup` does now, and `handed_off` hands the whole lookup over, as it
+//! did before. Modes alternate round by round. Output: `RESULT <mode> <median µs> <p90 µs>
 //! <CPU µs per lookup>`, CPU being this process's user + system time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster_srv::answer::build_records;
 use cluster_srv::resolver::{Options, SrvResolver};
 use cluster_srv::runtime::runtime;
 use futures_util::StreamExt;
@@ -25,11 +28,13 @@ use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Message, Query}
 use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::TokioResolver;
 
-const MODES: [&str; 7] = [
+const MODES: [&str; 9] = [
     "raw_udp",
     "raw_fresh_socket",
+    "raw_fresh_socket_3_calls",
     "hickory_udp_stream",
     "cluster_srv_lookup",
+    "cluster_srv_lookup_begun_outside",
     "cluster_srv_lookup_handed_off",
     "hickory_resolver_1_worker",
     "hickory_resolver_2_workers",
@@ -38,10 +43,11 @@ const MODES: [&str; 7] = [
 /// With a large answer's name: one TCP query on a connection kept open (what the resolver
 /// used to do), on a connection opened for it and closed after (what it does now), and our
 /// whole lookup of that name (UDP, truncated, then TCP).
-const TCP_MODES: [&str; 3] = [
+const TCP_MODES: [&str; 4] = [
     "tcp_kept_connection",
     "tcp_fresh_connection",
     "cluster_srv_lookup_large",
+    "decode_large_answer",
 ];
 
 fn main() {
@@ -96,6 +102,28 @@ fn main() {
                 "raw_fresh_socket" => {
                     one.block_on(one.spawn(raw_udp(server, name.clone(), per_round, true)))
                 }
+                "raw_fresh_socket_3_calls" => {
+                    one.block_on(one.spawn(raw_udp_3_calls(server, name.clone(), per_round)))
+                }
+                // As the NIF does now: the query is sent from the calling thread (a fresh
+                // socket, non-blocking), and the runtime takes the lookup from there.
+                "cluster_srv_lookup_begun_outside" => {
+                    let mut times = Vec::with_capacity(per_round);
+                    for _ in 0..per_round {
+                        let started = Instant::now();
+                        let begun = ours.begin(&name, RecordType::SRV);
+                        let ours = ours.clone();
+                        let found =
+                            one.block_on(one.spawn(async move {
+                                ours.lookup_begun(begun, false).await.is_ok()
+                            }));
+                        if !matches!(found, Ok(true)) {
+                            panic!("{mode}: a lookup failed");
+                        }
+                        times.push(started.elapsed().as_micros());
+                    }
+                    Ok(Ok(times))
+                }
                 "hickory_udp_stream" => {
                     one.block_on(one.spawn(udp_stream(server, name.clone(), per_round)))
                 }
@@ -108,8 +136,9 @@ fn main() {
                         .await
                     }))
                 }
-                // As the NIF does: each lookup starts from a thread outside the runtime, and its
-                // end wakes that thread. Two handoffs between threads per lookup.
+                // As the NIF did before: each lookup starts from a thread outside the runtime,
+                // which sends the query, and its end wakes that thread. Two handoffs between
+                // threads per lookup, the first one before the query is sent.
                 "cluster_srv_lookup_handed_off" => {
                     let mut times = Vec::with_capacity(per_round);
                     for _ in 0..per_round {
@@ -139,6 +168,9 @@ fn main() {
                         })
                         .await
                     }))
+                }
+                "decode_large_answer" => {
+                    one.block_on(one.spawn(decode_only(server, large.clone(), per_round)))
                 }
                 "hickory_resolver_1_worker" => {
                     let (resolver, name) = (hickory_one.clone(), name.clone());
@@ -251,6 +283,72 @@ async fn raw_udp(
         let len = socket.recv(&mut buffer).await.map_err(|e| e.to_string())?;
         if fresh {
             Message::from_vec(&buffer[..len]).map_err(|e| e.to_string())?;
+        }
+        times.push(started.elapsed().as_micros());
+    }
+    Ok(times)
+}
+
+/// A prebuilt query on a fresh socket each time, made as the resolver makes its own: created
+/// non-blocking and bound by `connect`, three system calls where a bind makes five.
+async fn raw_udp_3_calls(
+    server: SocketAddr,
+    name: String,
+    count: usize,
+) -> Result<Vec<u128>, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    let query = query_bytes(&name)?;
+    let mut buffer = vec![0u8; 65_535];
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let socket = Socket::new(
+            Domain::for_address(server),
+            Type::DGRAM.nonblocking(),
+            Some(Protocol::UDP),
+        )
+        .map_err(|e| e.to_string())?;
+        socket.connect(&server.into()).map_err(|e| e.to_string())?;
+        let socket = tokio::net::UdpSocket::from_std(socket.into()).map_err(|e| e.to_string())?;
+        socket.send(&query).await.map_err(|e| e.to_string())?;
+        let len = socket.recv(&mut buffer).await.map_err(|e| e.to_string())?;
+        Message::from_vec(&buffer[..len]).map_err(|e| e.to_string())?;
+        times.push(started.elapsed().as_micros());
+    }
+    Ok(times)
+}
+
+/// The CPU part of a large lookup alone: the answer, fetched once over TCP, decoded by
+/// hickory-proto and made into our records, `count` times.
+async fn decode_only(server: SocketAddr, name: String, count: usize) -> Result<Vec<u128>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let query = query_bytes(&name)?;
+    let length = u16::try_from(query.len()).map_err(|e| e.to_string())?;
+    let mut framed = length.to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    let mut stream = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(&framed).await.map_err(|e| e.to_string())?;
+    let mut prefix = [0u8; 2];
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let message = Message::from_vec(&answer).map_err(|e| e.to_string())?;
+        let records = build_records(&message.answers, &message.additionals);
+        if records.is_empty() {
+            return Err("the large answer holds no records".to_string());
         }
         times.push(started.elapsed().as_micros());
     }

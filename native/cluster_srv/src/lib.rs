@@ -2,7 +2,7 @@
 //! The work lives in plain modules that `cargo test` runs without a BEAM: `resolver` (lookups
 //! on the shared `runtime`), `transport` (one UDP or TCP exchange), `plan` (servers and search
 //! list), `answer` (what an answer means and its records), `names` (targets to node names) and
-//! `error` (the reasons).
+//! `error` (the reasons). `probe` holds what only the benchmark uses (`bench-probe` builds).
 
 pub mod answer;
 pub mod error;
@@ -11,6 +11,9 @@ pub mod plan;
 pub mod resolver;
 pub mod runtime;
 pub mod transport;
+
+#[cfg(feature = "bench-probe")]
+pub mod probe;
 
 #[cfg(test)]
 mod fuzz;
@@ -60,6 +63,7 @@ mod nif {
             srv,
             a,
             aaaa,
+            cluster_srv_probe,
         }
     }
 
@@ -168,15 +172,23 @@ mod nif {
         tag: Term<'a>,
     ) -> Term<'a> {
         guarded(env, || {
-            let name = utf8_name(name);
-            let record_type = decode_type(record_type);
+            // The first queries go out from here, on the caller's scheduler, before the
+            // runtime's thread has woken up: a few non-blocking system calls, which take the
+            // time of that wake-up off the lookup's latency.
+            let begun = utf8_name(name).and_then(|name| {
+                let record_type = decode_type(record_type)?;
+                Ok((record_type, resource.resolver.begin(&name, record_type)))
+            });
             spawn_reply(env, tag, async move {
-                let (name, record_type) = (name?, record_type?);
+                let (record_type, begun) = begun?;
                 if record_type == RecordType::SRV {
-                    let records = resource.resolver.lookup(&name, fill_addresses).await?;
+                    let records = resource
+                        .resolver
+                        .lookup_begun(begun, fill_addresses)
+                        .await?;
                     Ok(Answer::Records(records))
                 } else {
-                    let found = resource.resolver.addresses_of(&name, record_type).await?;
+                    let found = resource.resolver.addresses_begun(begun).await?;
                     Ok(Answer::Addresses(found))
                 }
             })
@@ -236,6 +248,8 @@ mod nif {
                     })
                 })
                 .collect();
+            // Unlike `start_lookup`, every query is left to the runtime: a poll's latency does
+            // not matter, the schedulers' time does.
             spawn_reply(env, tag, async move {
                 let valid: Vec<Source> = sources.iter().flatten().cloned().collect();
                 let mut found = resource.resolver.discover_many(&valid).await.into_iter();
@@ -250,6 +264,78 @@ mod nif {
                     .collect();
                 Ok(Answer::Discovered(results))
             })
+        })
+    }
+
+    /// The wall clock in nanoseconds, as `:os.system_time(:nanosecond)` reads it.
+    #[cfg(feature = "bench-probe")]
+    fn now_ns() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// The benchmark's probe (`bench-probe` builds only): `start_lookup` for SRV records, whose
+    /// reply `{:cluster_srv_probe, tag, result, [entered, sent, task, found, encoded]}` carries
+    /// the wall-clock time of each step: the NIF entered, the query sent from the caller's
+    /// thread, the lookup's task running on the runtime, the records found, and the terms built.
+    #[cfg(feature = "bench-probe")]
+    #[rustler::nif]
+    fn probe_lookup<'a>(
+        env: Env<'a>,
+        resource: ResourceArc<ResolverResource>,
+        name: Binary<'a>,
+        tag: Term<'a>,
+    ) -> Term<'a> {
+        guarded(env, || {
+            let entered = now_ns();
+            let begun = utf8_name(name).map(|name| resource.resolver.begin(&name, RecordType::SRV));
+            let sent = now_ns();
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(error) => return (atoms::error(), error).encode(env),
+            };
+            let mut owned = OwnedEnv::new();
+            let tag = owned.save(tag);
+            let pid = env.pid();
+            runtime.spawn(async move {
+                let task = now_ns();
+                let found = match begun {
+                    Ok(begun) => resource.resolver.lookup_begun(begun, false).await,
+                    Err(error) => Err(error),
+                };
+                let found_at = now_ns();
+                let _ = owned.send_and_clear(&pid, |env| {
+                    let result = match &found {
+                        Ok(records) => (atoms::ok(), encode_records(env, records)).encode(env),
+                        Err(error) => (atoms::error(), error).encode(env),
+                    };
+                    let stamps = vec![entered, sent, task, found_at, now_ns()];
+                    (atoms::cluster_srv_probe(), tag.load(env), result, stamps)
+                });
+            });
+            atoms::ok().encode(env)
+        })
+    }
+
+    /// The benchmark's dirty-I/O experiment (`bench-probe` builds only): a whole SRV lookup on
+    /// the dirty I/O thread that runs this call, returning `{:ok, records}` or
+    /// `{:error, reason}` itself. See `probe::blocking_lookup`.
+    #[cfg(feature = "bench-probe")]
+    #[rustler::nif(schedule = "DirtyIo")]
+    fn probe_dirty_lookup<'a>(
+        env: Env<'a>,
+        resource: ResourceArc<ResolverResource>,
+        name: String,
+        timeout_ms: u64,
+    ) -> Term<'a> {
+        guarded(env, || {
+            let timeout = Duration::from_millis(timeout_ms);
+            match crate::probe::blocking_lookup(&resource.resolver, &name, timeout) {
+                Ok(records) => (atoms::ok(), encode_records(env, &records)).encode(env),
+                Err(error) => (atoms::error(), error).encode(env),
+            }
         })
     }
 

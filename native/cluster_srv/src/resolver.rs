@@ -69,6 +69,28 @@ pub enum Found {
     Addresses(Vec<IpAddr>),
 }
 
+/// A lookup begun on the calling thread (`SrvResolver::begin`): the name parsed, the end of
+/// its deadline fixed, and the first try's query sent to every server of the first name to
+/// ask. The rest of the lookup runs on the runtime from there (`*_begun`), as if it had
+/// begun there. Holds only that lookup's own sockets.
+#[derive(Debug)]
+pub struct Begun {
+    name: Result<Name, Error>,
+    record_type: RecordType,
+    end: tokio::time::Instant,
+    first: Option<FirstTry>,
+}
+
+/// The first try of a lookup, begun: the name it asks, when the try ends, and for each server
+/// (in the plan's order) its query and exchange, or `None` where beginning it failed (the try
+/// then makes that exchange itself, and meets the failure there).
+#[derive(Debug)]
+struct FirstTry {
+    name: Name,
+    deadline: tokio::time::Instant,
+    exchanges: Vec<Option<(Request, transport::Begun)>>,
+}
+
 /// A configured resolver. It holds only its configuration: no socket, connection or answer
 /// outlives the lookup that used it, so a fault can never outlast the lookup it broke.
 pub struct SrvResolver {
@@ -135,12 +157,56 @@ impl SrvResolver {
         self.deadline
     }
 
+    /// Begins a lookup of `name` for `record_type` on the calling thread, without blocking:
+    /// the first try's queries are sent from here (see `transport::begin_udp`), and the
+    /// deadline counts from now. Pass the result to `lookup_begun`, `discover_begun` or
+    /// `addresses_begun` on the runtime.
+    pub fn begin(&self, name: &str, record_type: RecordType) -> Begun {
+        let end = tokio::time::Instant::now() + self.deadline;
+        let name = parse_query_name(name);
+        let first = name.as_ref().ok().and_then(|name| {
+            let candidate = candidate_names(name, &self.plan).into_iter().next()?;
+            let query = Query::query(candidate.clone(), record_type);
+            let exchanges = self
+                .plan
+                .servers
+                .iter()
+                .map(|server| {
+                    let request = Request::new(query.clone(), true).ok()?;
+                    let begun = transport::begin_udp(*server, &request).ok()?;
+                    Some((request, begun))
+                })
+                .collect();
+            Some(FirstTry {
+                name: candidate,
+                deadline: tokio::time::Instant::now() + self.timeout,
+                exchanges,
+            })
+        });
+        Begun {
+            name,
+            record_type,
+            end,
+            first,
+        }
+    }
+
     /// Looks up the SRV records of `name`. A trailing dot makes the name absolute.
     ///
     /// With `fill_addresses`, targets the answer gave no address for are resolved (A, then
     /// AAAA), within a second deadline of the same length; what was found by then is kept.
     pub async fn lookup(&self, name: &str, fill_addresses: bool) -> Result<Vec<SrvRecord>, Error> {
-        let mut records = self.srv_records(name).await?;
+        self.lookup_begun(self.begin(name, RecordType::SRV), fill_addresses)
+            .await
+    }
+
+    /// `lookup`, from a lookup `begin` began for SRV records.
+    pub async fn lookup_begun(
+        &self,
+        begun: Begun,
+        fill_addresses: bool,
+    ) -> Result<Vec<SrvRecord>, Error> {
+        let mut records = self.srv_records(begun).await?;
         if fill_addresses {
             self.fill_addresses(&mut records, |_| true, usize::MAX)
                 .await;
@@ -157,7 +223,17 @@ impl SrvResolver {
         name: &str,
         rules: &Rules,
     ) -> Result<(usize, names::Outcome), Error> {
-        let mut records = self.srv_records(name).await?;
+        self.discover_begun(self.begin(name, RecordType::SRV), rules)
+            .await
+    }
+
+    /// `discover`, from a lookup `begin` began for SRV records.
+    pub async fn discover_begun(
+        &self,
+        begun: Begun,
+        rules: &Rules,
+    ) -> Result<(usize, names::Outcome), Error> {
+        let mut records = self.srv_records(begun).await?;
         if rules.naming == Naming::Ip {
             let accepted = |target: &str| names::target_accepted(target, rules);
             self.fill_addresses(&mut records, accepted, rules.max_nodes)
@@ -178,10 +254,13 @@ impl SrvResolver {
         name: &str,
         record_type: RecordType,
     ) -> Result<Vec<IpAddr>, Error> {
-        let query = parse_query_name(name)?;
-        let answer = tokio::time::timeout(self.deadline, self.resolve(&query, record_type))
-            .await
-            .map_err(|_| Error::Timeout)??;
+        self.addresses_begun(self.begin(name, record_type)).await
+    }
+
+    /// `addresses_of`, from a lookup `begin` began for A or AAAA records.
+    pub async fn addresses_begun(&self, begun: Begun) -> Result<Vec<IpAddr>, Error> {
+        let record_type = begun.record_type;
+        let answer = self.resolve_begun(begun).await?;
         let mut found: Vec<IpAddr> = answer
             .answers
             .iter()
@@ -206,25 +285,20 @@ impl SrvResolver {
     /// its own: the others' results stand.
     pub async fn discover_many(&self, sources: &[Source]) -> Vec<Result<Found, Error>> {
         futures_util::future::join_all(sources.iter().map(|source| async move {
+            let begun = self.begin(&source.name, source.record_type);
             match source.record_type {
                 RecordType::SRV => self
-                    .discover(&source.name, &source.rules)
+                    .discover_begun(begun, &source.rules)
                     .await
                     .map(|(records, outcome)| Found::Names { records, outcome }),
-                record_type => self
-                    .addresses_of(&source.name, record_type)
-                    .await
-                    .map(Found::Addresses),
+                _ => self.addresses_begun(begun).await.map(Found::Addresses),
             }
         }))
         .await
     }
 
-    async fn srv_records(&self, name: &str) -> Result<Vec<SrvRecord>, Error> {
-        let query = parse_query_name(name)?;
-        let answer = tokio::time::timeout(self.deadline, self.resolve(&query, RecordType::SRV))
-            .await
-            .map_err(|_| Error::Timeout)??;
+    async fn srv_records(&self, begun: Begun) -> Result<Vec<SrvRecord>, Error> {
+        let answer = self.resolve_begun(begun).await?;
         let records = build_records(&answer.answers, &answer.additionals);
         if records.is_empty() {
             Err(Error::NoRecords)
@@ -278,7 +352,7 @@ impl SrvResolver {
     /// The A records of `name`, or its AAAA records when it has no A record.
     async fn addresses(&self, name: &Name) -> Vec<IpAddr> {
         for record_type in [RecordType::A, RecordType::AAAA] {
-            if let Ok(message) = self.resolve(name, record_type).await {
+            if let Ok(message) = self.resolve(name, record_type, None).await {
                 let found: Vec<IpAddr> = message
                     .answers
                     .iter()
@@ -296,12 +370,28 @@ impl SrvResolver {
         Vec::new()
     }
 
+    /// A begun lookup, to its answer, within its deadline.
+    async fn resolve_begun(&self, begun: Begun) -> Result<Message, Error> {
+        let name = begun.name?;
+        let work = self.resolve(&name, begun.record_type, begun.first);
+        tokio::time::timeout_at(begun.end, work)
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+
     /// Asks for `name`, completed with the search list when it is relative, and returns the
-    /// first answer that holds records of `record_type`.
-    async fn resolve(&self, name: &Name, record_type: RecordType) -> Result<Message, Error> {
+    /// first answer that holds records of `record_type`. `first`, when given, is the first
+    /// try of the first name, begun already.
+    async fn resolve(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+        mut first: Option<FirstTry>,
+    ) -> Result<Message, Error> {
         let mut failure: Option<Error> = None;
         for candidate in candidate_names(name, &self.plan) {
-            match self.query(&candidate, record_type).await {
+            let begun = first.take().filter(|first| first.name == candidate);
+            match self.query(&candidate, record_type, begun).await {
                 Ok(message) => return Ok(message),
                 Err(error) => failure = Some(worse(failure, error)),
             }
@@ -311,16 +401,32 @@ impl SrvResolver {
 
     /// One name, `attempts` tries; each try asks every server at once and takes the first
     /// answer that settles the question, so a dead server costs no more than one `timeout`.
-    async fn query(&self, name: &Name, record_type: RecordType) -> Result<Message, Error> {
+    /// With `first`, the first try goes on from the exchanges begun there.
+    async fn query(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+        first: Option<FirstTry>,
+    ) -> Result<Message, Error> {
         let query = Query::query(name.clone(), record_type);
         let mut last = Error::Timeout;
+        let (mut first_deadline, mut begun) = match first {
+            Some(first) => (Some(first.deadline), first.exchanges),
+            None => (None, Vec::new()),
+        };
         for _ in 0..self.attempts {
-            let deadline = tokio::time::Instant::now() + self.timeout;
+            let deadline = first_deadline
+                .take()
+                .unwrap_or_else(|| tokio::time::Instant::now() + self.timeout);
+            let mut begun = std::mem::take(&mut begun).into_iter();
             let mut asks: FuturesUnordered<_> = self
                 .plan
                 .servers
                 .iter()
-                .map(|server| self.exchange(*server, &query, deadline))
+                .map(|server| {
+                    let begun = begun.next().flatten();
+                    self.exchange(*server, &query, deadline, begun)
+                })
                 .collect();
             while let Some(result) = asks.next().await {
                 match result {
@@ -344,10 +450,11 @@ impl SrvResolver {
         server: SocketAddr,
         query: &Query,
         deadline: tokio::time::Instant,
+        begun: Option<(Request, transport::Begun)>,
     ) -> Result<Message, Error> {
-        let answer = self.ask(server, query, true, deadline).await?;
+        let answer = self.ask(server, query, true, deadline, begun).await?;
         if refuses_edns(&answer) {
-            return self.ask(server, query, false, deadline).await;
+            return self.ask(server, query, false, deadline, None).await;
         }
         Ok(answer)
     }
@@ -358,9 +465,13 @@ impl SrvResolver {
         query: &Query,
         edns: bool,
         deadline: tokio::time::Instant,
+        begun: Option<(Request, transport::Begun)>,
     ) -> Result<Message, Error> {
-        let request = Request::new(query.clone(), edns)?;
-        match transport::udp(server, &request, deadline).await? {
+        let (request, begun) = match begun {
+            Some((request, begun)) => (request, Some(begun)),
+            None => (Request::new(query.clone(), edns)?, None),
+        };
+        match transport::udp(server, &request, deadline, begun).await? {
             UdpReply::Answer(message) => Ok(message),
             UdpReply::Truncated => {
                 let slot = tokio::time::timeout_at(deadline, self.tcp_slots.acquire())

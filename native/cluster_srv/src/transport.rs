@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
@@ -70,7 +71,44 @@ pub enum UdpReply {
     Truncated,
 }
 
+/// A UDP exchange begun on the calling thread: its socket opened and connected, and the query
+/// sent once (unless the send would have blocked), without waiting for anything. The NIF
+/// begins a lookup's first exchanges this way before it hands the lookup to the runtime, so
+/// the query is on the wire while the runtime's thread wakes up. The socket is the exchange's
+/// own, as any other: it lives only until the exchange ends.
+#[derive(Debug)]
+pub struct Begun {
+    socket: std::net::UdpSocket,
+    sent_at: Option<Instant>,
+}
+
+/// Opens a fresh UDP socket (a random source port, chosen by the kernel) connected to
+/// `server`, and sends `request` once. Nothing here blocks: the socket is non-blocking, and a
+/// send that would block is left to `udp`, which sends at once.
+///
+/// Three system calls: the socket is made non-blocking (and close-on-exec) as it is made, and
+/// `connect` binds it to a random port as it connects it, as a `bind` to port 0 would.
+pub fn begin_udp(server: SocketAddr, request: &Request) -> Result<Begun, Error> {
+    let socket = Socket::new(
+        Domain::for_address(server),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )
+    .map_err(|error| io_error("cannot open a UDP socket", error))?;
+    socket
+        .connect(&server.into())
+        .map_err(|error| io_error("cannot address the server", error))?;
+    let socket = std::net::UdpSocket::from(socket);
+    let sent_at = match socket.send(&request.bytes) {
+        Ok(_) => Some(Instant::now()),
+        Err(error) if error.kind() == ErrorKind::WouldBlock => None,
+        Err(error) => return Err(io_error("cannot send the query", error)),
+    };
+    Ok(Begun { socket, sent_at })
+}
+
 /// Sends `request` to `server` over UDP until an answer to it arrives or `deadline` passes.
+/// With `begun`, the exchange goes on from `begin_udp`: its socket, and its first send.
 ///
 /// A datagram counts as the answer only if it comes from `server` (the socket is connected, so
 /// the kernel drops any other), is a response carrying the query's ID, and answers the query's
@@ -86,18 +124,30 @@ pub async fn udp(
     server: SocketAddr,
     request: &Request,
     deadline: Instant,
+    begun: Option<Begun>,
 ) -> Result<UdpReply, Error> {
-    let socket = UdpSocket::bind(unspecified(server.ip()))
-        .await
-        .map_err(|error| io_error("cannot open a UDP socket", error))?;
-    socket
-        .connect(server)
-        .await
-        .map_err(|error| io_error("cannot address the server", error))?;
+    let (socket, mut sends, mut next_send) = match begun {
+        Some(Begun { socket, sent_at }) => {
+            let socket = UdpSocket::from_std(socket)
+                .map_err(|error| io_error("cannot open a UDP socket", error))?;
+            match sent_at {
+                Some(at) => (socket, 1, at + RESEND_AFTER),
+                None => (socket, 0, Instant::now()),
+            }
+        }
+        None => {
+            let socket = UdpSocket::bind(unspecified(server.ip()))
+                .await
+                .map_err(|error| io_error("cannot open a UDP socket", error))?;
+            socket
+                .connect(server)
+                .await
+                .map_err(|error| io_error("cannot address the server", error))?;
+            (socket, 0, Instant::now())
+        }
+    };
 
     let mut buffer: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
-    let mut sends = 0;
-    let mut next_send = Instant::now();
     let mut refused = false;
     loop {
         if sends < MAX_SENDS && Instant::now() >= next_send {
