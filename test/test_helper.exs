@@ -14,4 +14,9 @@ netns_exclusion =
       [:netns]
   end
 
+# The test build's :telemetry stand-in, loaded as the telemetry application would load the real
+# one in an app that has it: the strategy emits events only when :telemetry is loaded or its
+# application is.
+Code.ensure_loaded!(:telemetry)
+
 ExUnit.start(capture_log: true, exclude: netns_exclusion)

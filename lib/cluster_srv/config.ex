@@ -228,7 +228,7 @@ defmodule ClusterSRV.Config do
   end
 
   defp pods_domain(service_name),
-    do: service_name |> String.trim_trailing(".") |> String.downcase()
+    do: service_name |> String.trim_trailing(".") |> String.downcase(:ascii)
 
   defp queries!(queries) when is_list(queries) and queries != [],
     do: Enum.map(queries, &one_query!(&1, queries))

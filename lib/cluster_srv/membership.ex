@@ -236,23 +236,35 @@ defmodule ClusterSRV.Membership do
           {%{state | failure: reason, failures: state.failures + 1}, []}
 
         _some ->
-          nodes =
-            state.sources
-            |> Enum.flat_map(&(state.per_source[&1].listed |> MapSet.to_list() |> Enum.sort()))
-            |> then(&(answered_nodes(results) ++ &1))
-            |> Enum.uniq()
+          {nodes, listed} = round_nodes(state, results)
 
           state = %{state | failure: nil, failures: 0}
           {state, listing} = self_listing(state, nodes)
-          {state, changes} = apply_answer(state, nodes, MapSet.new(connected), now)
+          {state, changes} = apply_answer(state, nodes, listed, MapSet.new(connected), now)
           {state, listing ++ changes}
       end
 
     {state, logged ++ per_source ++ actions}
   end
 
-  # The nodes of this round's successful answers, in their order, before those the failed
-  # sources listed last.
+  # The nodes of this round, as a list and as a set: those of its successful answers, in their
+  # order, then those the sources that failed listed last (sorted), each once. One answer's
+  # nodes are distinct already, and source_done/4 made their set: a round with one source that
+  # answered needs neither again.
+  defp round_nodes(state, [{source, {:ok, %{nodes: nodes}}}]),
+    do: {nodes, state.per_source[source].listed}
+
+  defp round_nodes(state, results) do
+    kept =
+      for {source, result} <- results,
+          outcome(result) != :ok,
+          node <- state.per_source[source].listed |> MapSet.to_list() |> Enum.sort(),
+          do: node
+
+    nodes = Enum.uniq(answered_nodes(results) ++ kept)
+    {nodes, MapSet.new(nodes)}
+  end
+
   defp answered_nodes(results) do
     for {_source, {:ok, %{nodes: nodes}}} <- results, node <- nodes, do: node
   end
@@ -307,7 +319,7 @@ defmodule ClusterSRV.Membership do
 
   # A source as the logs name it: its name, and its type unless SRV.
   defp label({name, :srv}), do: name
-  defp label({name, type}), do: "#{name} (#{type |> Atom.to_string() |> String.upcase()})"
+  defp label({name, type}), do: "#{name} (#{type |> Atom.to_string() |> String.upcase(:ascii)})"
 
   @doc """
   The strategy of `node` said at `now` that it is leaving (its node shuts down): it is not
@@ -338,8 +350,7 @@ defmodule ClusterSRV.Membership do
 
   # -- A successful answer ------------------------------------------------------------------------
 
-  defp apply_answer(state, nodes, connected, now) do
-    listed = MapSet.new(nodes)
+  defp apply_answer(state, nodes, listed, connected, now) do
     me = state.self
     # A queued retry of a node now connected by others, or no longer listed, is pointless: it
     # is dropped, and holds back no disconnect below.
@@ -360,10 +371,12 @@ defmodule ClusterSRV.Membership do
 
     {to_disconnect, kept, missing, removal_events} = removals(state, dropped, listed, now)
 
+    # `nodes` holds each node once.
     to_connect =
-      nodes
-      |> Enum.reject(&(&1 == me or MapSet.member?(connected, &1) or Map.has_key?(state.jobs, &1)))
-      |> Enum.uniq()
+      Enum.reject(
+        nodes,
+        &(&1 == me or MapSet.member?(connected, &1) or Map.has_key?(state.jobs, &1))
+      )
 
     # A removed node whose disconnect still runs stays known until it ends: if it fails,
     # libcluster keeps the node for the next answer to try again.

@@ -46,6 +46,14 @@ defmodule ClusterSRV.Resolver do
   alias ClusterSRV.{Config, Native, Record}
 
   @enforce_keys [:ref, :nameservers, :timeout, :attempts]
+
+  # The fields of :file's file_info record, in order: resolv.conf is stat'ed with :file and
+  # `raw` rather than File.stat/2, so that a poll neither waits for the file server nor has to
+  # load File.Stat first.
+  @file_info :file_info
+             |> Elixir.Record.extract(from_lib: "kernel/include/file.hrl")
+             |> Keyword.keys()
+
   defstruct [
     :ref,
     :nameservers,
@@ -165,13 +173,15 @@ defmodule ClusterSRV.Resolver do
   # and how resolv.conf was last written (hickory reads it when the VM gives no server).
   defp system_settings do
     resolv_conf =
-      case File.stat("/etc/resolv.conf", time: :posix) do
-        {:ok, stat} -> {stat.mtime, stat.size, stat.inode}
+      case :file.read_file_info(~c"/etc/resolv.conf", [:raw, time: :posix]) do
+        {:ok, info} -> {file_info(info, :mtime), file_info(info, :size), file_info(info, :inode)}
         {:error, reason} -> reason
       end
 
     {vm_settings(), resolv_conf}
   end
+
+  defp file_info(info, field), do: elem(info, Enum.find_index(@file_info, &(&1 == field)) + 1)
 
   # The VM's own resolver settings, refreshed from resolv.conf as :inet_res refreshes them
   # before a query (it rereads the file at most every 5 s, when it has changed). Servers the

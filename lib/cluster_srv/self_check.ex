@@ -124,7 +124,7 @@ defmodule ClusterSRV.SelfCheck do
   def own_record(me, records, host) do
     names =
       case me |> Atom.to_string() |> String.split("@", parts: 2) do
-        [_, name] -> MapSet.new([String.downcase(name) | host.names])
+        [_, name] -> MapSet.new([String.downcase(name, :ascii) | host.names])
         _ -> MapSet.new(host.names)
       end
 

@@ -355,19 +355,24 @@ defmodule ClusterSRV.Strategy do
     results = for {source, result} <- results, do: {{source.name, source.type}, result}
     outcome = Membership.outcome(results)
 
+    # The wall-clock time as an integer: status/1 makes it a DateTime when asked.
     last = %{
-      at: DateTime.utc_now(),
+      at: System.system_time(:microsecond),
       result: outcome,
       duration_us: System.convert_time_unit(duration, :native, :microsecond)
     }
 
-    records = Enum.sum(for {_, {:ok, %{records: count}}} <- results, do: count)
-    nodes = length(Enum.uniq(for {_, {:ok, %{nodes: nodes}}} <- results, node <- nodes, do: node))
+    if state.telemetry? do
+      records = Enum.sum(for {_, {:ok, %{records: count}}} <- results, do: count)
+      nodes = Enum.uniq(for {_, {:ok, %{nodes: nodes}}} <- results, node <- nodes, do: node)
 
-    emit(state, [:cluster_srv, :lookup], %{duration: duration, records: records, nodes: nodes}, %{
-      query: state.topology.config.query,
-      result: outcome
-    })
+      emit(
+        state,
+        [:cluster_srv, :lookup],
+        %{duration: duration, records: records, nodes: length(nodes)},
+        %{query: state.topology.config.query, result: outcome}
+      )
+    end
 
     connected = Topology.list_nodes(state.topology)
     {membership, actions} = Membership.lookup_done(state.membership, results, connected, now)
@@ -447,7 +452,9 @@ defmodule ClusterSRV.Strategy do
       queries:
         for(s <- state.topology.config.sources, do: Map.take(s, [:name, :type, :basename])),
       node: Node.self(),
-      last_lookup: state.last_lookup,
+      last_lookup:
+        state.last_lookup &&
+          %{state.last_lookup | at: DateTime.from_unix!(state.last_lookup.at, :microsecond)},
       connected: Enum.sort(connected)
     })
   end
@@ -509,8 +516,12 @@ defmodule ClusterSRV.Strategy do
 
   defp prefix(state, message), do: "[libcluster:#{state.topology.name}] #{message}"
 
+  # :telemetry counts when it is loaded, or its application is (libcluster's dependency is,
+  # before libcluster starts a strategy). Asking the code server for a module that is not
+  # there searches the whole code path, over a millisecond at every start in an interactive VM.
   defp telemetry_available? do
-    Code.ensure_loaded?(:telemetry) and function_exported?(:telemetry, :execute, 3)
+    (:erlang.module_loaded(:telemetry) or Application.spec(:telemetry, :vsn) != nil) and
+      Code.ensure_loaded?(:telemetry) and function_exported?(:telemetry, :execute, 3)
   end
 
   defp emit(%{telemetry?: false}, _event, _measurements, _metadata), do: :ok
