@@ -125,6 +125,16 @@ defmodule ClusterSRV.Integration.NetnsRolloutTest do
       {cluster, [a, b, c]} = NetnsCluster.add_pods(cluster, 3)
       assert_mesh(cluster, 5 * @interval, now())
 
+      # The others may mesh with c before c's own poll has seen it listed; only a pod that was
+      # listed can see itself leave.
+      self_listed =
+        eventually(
+          fn -> NetnsCluster.rpc(cluster, c, ClusterSRV, :status, [:k8s]).self_listed == true end,
+          now() + 3 * @interval
+        )
+
+      assert self_listed, NetnsCluster.timeline(cluster, now() - 5_000)
+
       dropped_at = now()
       NetnsCluster.unlist(cluster, c)
 
