@@ -4,32 +4,11 @@ defmodule ClusterSRV.Integration.NetnsAddressTest do
   # cluster: each pod has its own address, epmd and resolv.conf, and the strategy asks the
   # cluster DNS through it. The IPv6 pods hold a ULA address on their veth, run distribution
   # over inet6_tcp, and are named after that address as :inet.ntoa/1 writes it.
-  use ExUnit.Case, async: false
+  use ClusterSRV.Harness.NetnsCase, interval: 500, app: "app"
 
-  @moduletag :integration
-  @moduletag :e2e
-  @moduletag :netns
   @moduletag timeout: 300_000
 
-  alias ClusterSRV.Harness.{Network, NetnsCluster, Pod}
-
-  @interval 500
-
-  setup_all do
-    network = Network.start!()
-    on_exit(fn -> Network.stop(network) end)
-    %{network: network}
-  end
-
-  defp cluster!(network, service, opts) do
-    cluster =
-      NetnsCluster.start!(
-        [network: network, service: service, app: "app", polling_interval: @interval] ++ opts
-      )
-
-    on_exit(fn -> NetnsCluster.stop(cluster) end)
-    cluster
-  end
+  alias ClusterSRV.Harness.{NetnsCluster, Pod}
 
   defp assert_mesh(cluster) do
     case NetnsCluster.await_mesh(cluster, 10 * @interval) do
@@ -69,11 +48,14 @@ defmodule ClusterSRV.Integration.NetnsAddressTest do
     assert status.query == "web-headless.default.svc.cluster.local."
     assert Enum.sort(status.listed) == Enum.sort(names)
 
-    # Each pod's own strategy made its connects: none came only from the others.
-    for pod <- pods do
-      connected = for {_, node, {true, _}} <- Pod.info(pod).connects, do: node
-      refute connected == [], "#{pod.label} connected to nobody itself"
+    # Each pod's own strategy found every pod by its A query, and the strategies' own connects
+    # made the mesh. (A pod the others dialed before its first poll has none of its own.)
+    for pod <- tl(pods) do
+      assert Enum.sort(listed(cluster, pod).listed) == Enum.sort(names), pod.label
     end
+
+    connects = for pod <- pods, {_, node, {true, _}} <- Pod.info(pod).connects, do: node
+    assert length(connects) >= 2, "the strategies connected only #{inspect(connects)}"
   end
 
   test "IPv6 pods (ULA addresses, -proto_dist inet6_tcp), found by AAAA records, mesh as app@<IPv6>",

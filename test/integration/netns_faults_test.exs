@@ -3,47 +3,11 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
   # answer needs TCP, a partition longer than net_ticktime, a StatefulSet pod recreated under
   # its name, DNS packet loss, and per-node caching DNS servers with stale answers. Each test
   # runs its own service on one shared cluster network, and stops its pods when it ends.
-  use ExUnit.Case, async: false
+  use ClusterSRV.Harness.NetnsCase
 
-  @moduletag :integration
-  @moduletag :e2e
-  @moduletag :netns
   @moduletag timeout: 180_000
 
-  alias ClusterSRV.Harness.{DNS, Netns, Network, NetnsCluster, Pod}
-
-  @interval 1_000
-
-  setup_all do
-    network = Network.start!()
-    on_exit(fn -> Network.stop(network) end)
-    %{network: network}
-  end
-
-  defp cluster!(network, service, opts \\ []) do
-    cluster =
-      NetnsCluster.start!(
-        [network: network, service: service, app: service, polling_interval: @interval] ++ opts
-      )
-
-    on_exit(fn -> NetnsCluster.stop(cluster) end)
-    cluster
-  end
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  defp assert_mesh(cluster, within, since) do
-    case NetnsCluster.await_mesh(cluster, within) do
-      {:ok, ms} ->
-        ms
-
-      {:error, members} ->
-        flunk(
-          "no full mesh within #{within} ms: #{inspect(members)}\n" <>
-            NetnsCluster.timeline(cluster, since)
-        )
-    end
-  end
+  alias ClusterSRV.Harness.{DNS, Netns, NetnsCluster, Network, Pod}
 
   defp assert_no_lost_links(cluster, since) do
     lost = NetnsCluster.lost_links(cluster, since)
@@ -51,15 +15,6 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     assert lost == [],
            "live, listed pods were disconnected: #{inspect(lost)}\n" <>
              NetnsCluster.timeline(cluster, since)
-  end
-
-  # Waits until `fun` holds, polling every 20 ms; false at the deadline (monotonic ms).
-  defp eventually(fun, deadline) do
-    cond do
-      fun.() -> true
-      now() >= deadline -> false
-      true -> Process.sleep(20) && eventually(fun, deadline)
-    end
   end
 
   # The strategy's successful lookups in a pod that listed `count` nodes, at or after `since`.

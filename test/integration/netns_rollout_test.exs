@@ -2,47 +2,11 @@ defmodule ClusterSRV.Integration.NetnsRolloutTest do
   # Clusters that change: a rolling update, pods DNS drops while they live (prune_grace, prune:
   # false), a pod named otherwise than DNS lists it, and waiting for the cluster. In pods of the
   # namespace cluster, as kubelet runs them.
-  use ExUnit.Case, async: false
+  use ClusterSRV.Harness.NetnsCase
 
-  @moduletag :integration
-  @moduletag :e2e
-  @moduletag :netns
   @moduletag timeout: 300_000
 
-  alias ClusterSRV.Harness.{Network, NetnsCluster, Pod}
-
-  @interval 1_000
-
-  setup_all do
-    network = Network.start!()
-    on_exit(fn -> Network.stop(network) end)
-    %{network: network}
-  end
-
-  defp cluster!(network, service, opts \\ []) do
-    cluster =
-      NetnsCluster.start!(
-        [network: network, service: service, app: service, polling_interval: @interval] ++ opts
-      )
-
-    on_exit(fn -> NetnsCluster.stop(cluster) end)
-    cluster
-  end
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  defp assert_mesh(cluster, within, since) do
-    case NetnsCluster.await_mesh(cluster, within) do
-      {:ok, ms} ->
-        ms
-
-      {:error, members} ->
-        flunk(
-          "no full mesh within #{within} ms: #{inspect(members)}\n" <>
-            NetnsCluster.timeline(cluster, since)
-        )
-    end
-  end
+  alias ClusterSRV.Harness.{NetnsCluster, Pod}
 
   describe "a rolling update" do
     # A Deployment of 5 pods, maxSurge 1 and maxUnavailable 0, behind a headless service with
@@ -247,20 +211,6 @@ defmodule ClusterSRV.Integration.NetnsRolloutTest do
 
       assert output =~ "Topology :k8s on #{inspect(first.name)}"
       assert output =~ "connected (2)"
-    end
-  end
-
-  defp eventually(fun, deadline) do
-    cond do
-      fun.() ->
-        true
-
-      now() >= deadline ->
-        false
-
-      true ->
-        Process.sleep(50)
-        eventually(fun, deadline)
     end
   end
 end
