@@ -239,30 +239,7 @@ defmodule ClusterSRV.Harness.LocalCluster do
   Waits until every live pod is connected to every other live pod, and to nothing else.
   Returns `{:ok, ms}` (how long the wait took) or `{:error, members}` at the timeout.
   """
-  def await_mesh(%__MODULE__{} = cluster, timeout) do
-    started = System.monotonic_time(:millisecond)
-    await_mesh(cluster, started, started + timeout)
-  end
-
-  defp await_mesh(cluster, started, deadline) do
-    pods = pods(cluster)
-    names = MapSet.new(pods, & &1.name)
-    members = Map.new(pods, &{&1.label, Pod.members(&1)})
-    meshed = Enum.all?(pods, &(members[&1.label] == MapSet.delete(names, &1.name)))
-    now = System.monotonic_time(:millisecond)
-
-    cond do
-      meshed ->
-        {:ok, now - started}
-
-      now >= deadline ->
-        {:error, members}
-
-      true ->
-        Process.sleep(20)
-        await_mesh(cluster, started, deadline)
-    end
-  end
+  def await_mesh(%__MODULE__{} = cluster, timeout), do: Pod.await_mesh(pods(cluster), timeout)
 
   # Rewrites the service's records: live pods and dead pods, in one update.
   defp publish(cluster) do

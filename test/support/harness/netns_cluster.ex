@@ -371,12 +371,15 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   @doc """
   Calls `module.fun(args)` on a pod's node, from a short-lived node in the pod's own sandbox (as
   `bin/app rpc` runs inside a pod), and returns the result. What the call prints comes back as
-  `{result, output}` with `output: true`.
+  `{result, output}` with `output: true`. With `hidden: true` the calling node is hidden, so
+  that it joins no one's node list and OTP's `global` connects it to no other pod: for
+  measuring a pod without disturbing the cluster.
   """
   def rpc(%__MODULE__{} = cluster, %Pod{} = pod, module, fun, args, opts \\ []) do
     sandbox = sandbox(cluster, pod)
     name = "rpc#{System.unique_integer([:positive])}@#{ip_string(pod_ip(cluster, sandbox))}"
     dist = if cluster.ip_family == :ipv6, do: ["--erl", "-proto_dist inet6_tcp"], else: []
+    dist = if Keyword.get(opts, :hidden, false), do: ["--hidden" | dist], else: dist
 
     code = """
     result = :rpc.call(#{inspect(pod.name)}, #{inspect(module)}, #{inspect(fun)}, \
@@ -535,30 +538,7 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   Waits until every live pod is connected to every other live pod, and to nothing else.
   Returns `{:ok, ms}` (how long the wait took) or `{:error, members}` at the timeout.
   """
-  def await_mesh(%__MODULE__{} = cluster, timeout) do
-    started = System.monotonic_time(:millisecond)
-    await_mesh(cluster, started, started + timeout)
-  end
-
-  defp await_mesh(cluster, started, deadline) do
-    pods = pods(cluster)
-    names = MapSet.new(pods, & &1.name)
-    members = Map.new(pods, &{&1.label, Pod.members(&1)})
-    meshed = Enum.all?(pods, &(members[&1.label] == MapSet.delete(names, &1.name)))
-    now = System.monotonic_time(:millisecond)
-
-    cond do
-      meshed ->
-        {:ok, now - started}
-
-      now >= deadline ->
-        {:error, members}
-
-      true ->
-        Process.sleep(20)
-        await_mesh(cluster, started, deadline)
-    end
-  end
+  def await_mesh(%__MODULE__{} = cluster, timeout), do: Pod.await_mesh(pods(cluster), timeout)
 
   @doc """
   Each time, at or after `since` (monotonic ms), that a live pod lost its connection to another

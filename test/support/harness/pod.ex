@@ -100,6 +100,35 @@ defmodule ClusterSRV.Harness.Pod do
   """
   def terminate(%__MODULE__{pid: pid}), do: GenServer.call(pid, :terminate, 30_000)
 
+  @doc """
+  Waits until each of `pods` is connected to every other one, and to nothing else. Returns
+  `{:ok, ms}` (how long the wait took) or `{:error, members}` (each pod's label to the nodes it
+  is connected to) at the timeout.
+  """
+  def await_mesh(pods, timeout) do
+    started = System.monotonic_time(:millisecond)
+    await_mesh(pods, started, started + timeout)
+  end
+
+  defp await_mesh(pods, started, deadline) do
+    names = MapSet.new(pods, & &1.name)
+    members = Map.new(pods, &{&1.label, members(&1)})
+    meshed = Enum.all?(pods, &(members[&1.label] == MapSet.delete(names, &1.name)))
+    now = System.monotonic_time(:millisecond)
+
+    cond do
+      meshed ->
+        {:ok, now - started}
+
+      now >= deadline ->
+        {:error, members}
+
+      true ->
+        Process.sleep(20)
+        await_mesh(pods, started, deadline)
+    end
+  end
+
   @doc "Stops the pod and its VM."
   def stop(%__MODULE__{pid: pid}) do
     GenServer.stop(pid)
