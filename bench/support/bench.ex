@@ -7,17 +7,37 @@ defmodule ClusterSRV.Bench do
   run met it. `BENCH_QUICK=1` shortens every section (for trying the bench itself).
   """
 
-  alias ClusterSRV.Bench.{Clients, Report, SequentialSRV, Stats}
+  alias ClusterSRV.Bench.{
+    Clients,
+    ColdStart,
+    PollTrace,
+    Probe,
+    Report,
+    Scale,
+    SequentialSRV,
+    Stats
+  }
+
   alias ClusterSRV.Harness.{DNS, LocalCluster, Pod, Zone}
 
   @small "myapp-headless.default.svc.cluster.local."
   @big "big-headless.default.svc.cluster.local."
+  @huge "kilo.default.svc.cluster.local."
   @clients [:native, :inet_res, :floor]
+  # The small answer also runs the dirty I/O experiment (see ClusterSRV.Bench.Clients).
+  @small_clients [:native, :inet_res, :floor, :dirty]
 
   def run do
     quick? = System.get_env("BENCH_QUICK") in ["1", "true"]
     System.put_env("CLUSTER_SRV_RUN", "bench#{System.os_time()}")
-    dns = DNS.start!(services: [service("myapp-headless", 3), service("big-headless", 500)])
+
+    services = [
+      service("myapp-headless", 3),
+      service("big-headless", 500),
+      service("kilo", 1_000)
+    ]
+
+    dns = DNS.start!(services: services)
 
     try do
       results = %{
@@ -26,11 +46,14 @@ defmodule ClusterSRV.Bench do
         # First, so that the RSS it watches holds nothing from the other sections.
         memory: section("memory and atoms", fn -> memory(dns, quick?) end),
         latency: section("lookup latency", fn -> latency(dns, quick?) end),
+        probe: section("where the time goes (VM)", fn -> Probe.run(dns, @small, quick?) end),
         exchange: section("where the time goes (Rust)", fn -> exchange(dns, quick?) end),
+        cold_start: section("cold start", fn -> ColdStart.run(dns, quick?) end),
         throughput: section("throughput", fn -> throughput(dns, quick?) end),
         vm: section("VM impact", fn -> vm_impact(dns, quick?) end),
         poll: section("per-poll cost of the strategy", fn -> poll_cost(dns, quick?) end),
-        convergence: section("convergence", fn -> convergence(dns, quick?) end)
+        convergence: section("convergence", fn -> convergence(dns, quick?) end),
+        scale: section("scale (namespace cluster)", fn -> Scale.run(quick?) end)
       }
 
       Report.write!(results)
@@ -57,12 +80,16 @@ defmodule ClusterSRV.Bench do
   def latency(dns, quick?) do
     {rounds, per_small, per_big} = if quick?, do: {3, 50, 5}, else: {12, 250, 30}
 
-    for {size, name, per_round} <- [{3, @small, per_small}, {500, @big, per_big}], into: %{} do
-      clients = Map.new(@clients, &{&1, Clients.prepare(&1, name, dns.port)})
+    for {size, name, per_round, kinds} <- [
+          {3, @small, per_small, @small_clients},
+          {500, @big, per_big, @clients}
+        ],
+        into: %{} do
+      clients = Map.new(kinds, &{&1, Clients.prepare(&1, name, dns.port)})
       for {_, client} <- clients, _ <- 1..max(per_round, 10), do: Clients.run(client)
 
       samples =
-        for _round <- 1..rounds, client <- Enum.shuffle(@clients), reduce: %{} do
+        for _round <- 1..rounds, client <- Enum.shuffle(kinds), reduce: %{} do
           acc ->
             times =
               for _ <- 1..per_round, do: Stats.time_us(fn -> Clients.run(clients[client]) end)
@@ -78,7 +105,7 @@ defmodule ClusterSRV.Bench do
 
       IO.puts(
         "    #{size} records: " <>
-          Enum.map_join(@clients, ", ", &"#{&1} #{Stats.round(summary[&1].median)} µs")
+          Enum.map_join(kinds, ", ", &"#{&1} #{Stats.round(summary[&1].median)} µs")
       )
 
       {size, summary}
@@ -315,7 +342,7 @@ defmodule ClusterSRV.Bench do
   @doc false
   def poll_cost(dns, quick?) do
     polls = if quick?, do: 10, else: 40
-    nodes = for i <- 0..499, do: :"app@big-headless-#{i}.big-headless.default.svc.cluster.local"
+    nodes = for i <- 0..999, do: :"app@kilo-#{i}.kilo.default.svc.cluster.local"
     :persistent_term.put({__MODULE__, :connected}, nodes)
 
     state = %Cluster.Strategy.State{
@@ -324,7 +351,7 @@ defmodule ClusterSRV.Bench do
       disconnect: {__MODULE__, :never_connect, []},
       list_nodes: {__MODULE__, :connected, []},
       config: [
-        service: "big-headless",
+        service: "kilo",
         namespace: "default",
         application_name: "app",
         cluster_domain: "cluster.local.",
@@ -347,9 +374,46 @@ defmodule ClusterSRV.Bench do
         GenServer.start(SequentialSRV, %{state | config: config, meta: MapSet.new(nodes)})
       end)
 
+    lookup = lookup_time(dns, if(quick?, do: 10, else: 40))
+    ours = Map.put(ours, :lookup_us, lookup.ours)
+    baseline = Map.put(baseline, :lookup_us, lookup.baseline)
+
     IO.puts("    ours #{inspect(ours)}")
     IO.puts("    baseline #{inspect(baseline)}")
-    %{ours: ours, baseline: baseline}
+    %{ours: ours, baseline: baseline, pods: length(nodes)}
+  end
+
+  # The lookup of each poll alone, alternating: ours (the native discovery the strategy polls
+  # with: the answer fetched, its targets named, on the runtime) and the baseline's (its
+  # resolver function, in the calling process). Medians in µs.
+  defp lookup_time(dns, count) do
+    {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: [DNS.nameserver(dns)])
+    domain = String.trim_trailing(@huge, ".")
+    sources = [{@huge, :srv, "app", domain, :hostname}]
+    getbyname = inet_res_getbyname(dns.port)
+
+    ours = fn ->
+      ref = ClusterSRV.Resolver.async_discover_all(resolver, sources, 1_000)
+
+      receive do
+        {:cluster_srv_lookup, ^ref, {:ok, [{:ok, %{nodes: [_ | _]}}]}} -> :ok
+      after
+        10_000 -> raise "the native discovery of #{@huge} failed"
+      end
+    end
+
+    theirs = fn ->
+      {:ok, {:hostent, _, _, :srv, _, [_ | _]}} = getbyname.(String.to_charlist(@huge))
+    end
+
+    samples =
+      for _ <- 1..count, kind <- Enum.shuffle([:ours, :baseline]), reduce: %{} do
+        acc ->
+          us = Stats.time_us(if kind == :ours, do: ours, else: theirs)
+          Map.update(acc, kind, [us], &[us | &1])
+      end
+
+    %{ours: Stats.median(samples.ours), baseline: Stats.median(samples.baseline)}
   end
 
   @doc false
@@ -383,18 +447,11 @@ defmodule ClusterSRV.Bench do
     Process.sleep(500)
     {:reductions, reductions_before} = Process.info(pid, :reductions)
 
-    measured =
-      allocated_words(pid, fn ->
-        :erlang.trace(pid, true, [:running, :receive, :monotonic_timestamp])
-        deadline = System.monotonic_time(:millisecond) + 60_000
-        counted = collect_polls(pid, polls, nil, 0, 0, deadline)
-        :erlang.trace(pid, false, [:running, :receive])
-        counted
-      end)
+    measured = allocated_words(pid, fn -> PollTrace.collect(pid, polls, 60_000) end)
 
     {:reductions, reductions_after} = Process.info(pid, :reductions)
     Process.exit(pid, :kill)
-    flush_trace()
+    PollTrace.flush()
     {busy_native, count} = measured.result
 
     %{
@@ -404,43 +461,6 @@ defmodule ClusterSRV.Bench do
       reductions: div(reductions_after - reductions_before, count),
       bytes: div(measured.words * :erlang.system_info(:wordsize), count)
     }
-  end
-
-  defp collect_polls(_pid, polls, _in, busy, polls, _deadline), do: {busy, polls}
-
-  defp collect_polls(pid, polls, scheduled_in, busy, count, deadline) do
-    if System.monotonic_time(:millisecond) > deadline,
-      do: raise("the strategy stopped polling after #{count} polls")
-
-    receive do
-      {:trace_ts, ^pid, :in, _, ts} ->
-        collect_polls(pid, polls, ts, busy, count, deadline)
-
-      {:trace_ts, ^pid, :out, _, ts} when scheduled_in != nil ->
-        collect_polls(pid, polls, nil, busy + ts - scheduled_in, count, deadline)
-
-      # One poll per lookup answer (ours) or per :load tick (the baseline).
-      {:trace_ts, ^pid, :receive, message, _ts} ->
-        polled = if poll_message?(message), do: 1, else: 0
-        collect_polls(pid, polls, scheduled_in, busy, count + polled, deadline)
-
-      {:trace_ts, ^pid, tag, _, _} when tag in [:in_exiting, :out_exiting, :out_exited] ->
-        collect_polls(pid, polls, scheduled_in, busy, count, deadline)
-    end
-  end
-
-  # One poll per lookup answer (ours) or per :load tick (the baseline).
-  defp poll_message?(:load), do: true
-  defp poll_message?({:cluster_srv_lookup, _ref, _result}), do: true
-  defp poll_message?(_other), do: false
-
-  defp flush_trace do
-    receive do
-      {:trace_ts, _, _, _, _} -> flush_trace()
-      {:trace, _, _, _} -> flush_trace()
-    after
-      100 -> :ok
-    end
   end
 
   # -- 5. Memory and atoms ----------------------------------------------------------------------

@@ -8,6 +8,12 @@ defmodule ClusterSRV.Bench.Clients do
     * `:floor` - a prebuilt query sent over `:gen_udp` and read back unparsed: the network floor
       any client pays. When the answer is truncated it goes on over TCP, as a client must.
 
+  And one experiment, for the small answer only:
+
+    * `:dirty` - the whole lookup on a dirty I/O thread, blocking it until the answer comes:
+      one UDP exchange with one server, with none of the resolver's resends or TCP (the
+      `bench-probe` build's `probe_dirty_lookup`). What that design could gain, at best.
+
   Each client is built once with `prepare/3` and then called with `run/1`, which returns
   `:ok` or raises, so that a broken client can never pass for a fast one.
   """
@@ -18,6 +24,11 @@ defmodule ClusterSRV.Bench.Clients do
       ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:#{port}"], timeout: 2_000, attempts: 1)
 
     {:native, resolver, name}
+  end
+
+  def prepare(:dirty, name, port) do
+    {:native, resolver, name} = prepare(:native, name, port)
+    {:dirty, resolver, name}
   end
 
   def prepare(:inet_res, name, port) do
@@ -33,6 +44,11 @@ defmodule ClusterSRV.Bench.Clients do
   @doc "Runs one lookup; returns the number of SRV records seen (0 for the floor)."
   def run({:native, resolver, name}) do
     {:ok, records} = ClusterSRV.Resolver.lookup(resolver, name)
+    length(records)
+  end
+
+  def run({:dirty, resolver, name}) do
+    {:ok, records} = ClusterSRV.Native.probe_dirty_lookup(resolver.ref, name, 2_000)
     length(records)
   end
 

@@ -47,7 +47,19 @@ defmodule ClusterSRV.Bench.Report do
     end |> Enum.join("\n")}
 
     The floor is a prebuilt query on an open `:gen_udp` socket, read back unparsed (over TCP too
-    when the answer is truncated, with a new connection each time).
+    when the answer is truncated, with a new connection each time). In the same rounds, the
+    dirty I/O experiment (the whole lookup blocking a dirty I/O thread: one UDP exchange with one
+    server, none of the resolver's resends, other servers or TCP) took #{us(lat[3].dirty)} µs
+    for 3 records: #{Stats.ratio(lat[3].inet_res.median, lat[3].dirty.median)} faster than
+    `:inet_res`, #{Stats.ratio(lat[3].dirty.median, lat[3].floor.median)} the floor.
+
+    ### The gap to the floor, step by step (3 records)
+
+    #{gap_table(r)}
+
+    ### Where the time of a 3-record lookup goes, in the VM
+
+    #{probe_table(r.probe)}
 
     ### Where the time of a 3-record lookup goes, in Rust without the BEAM
 
@@ -65,6 +77,19 @@ defmodule ClusterSRV.Bench.Report do
     #{r.exchange |> Enum.filter(&tcp_mode?/1) |> Enum.map_join("\n", &"| #{describe_mode(&1.mode)} | #{&1.median} | #{&1.p90} | #{&1.cpu} |")}
 
     #{tcp_price(r.exchange)}
+
+    ## 1b. Cold start: from `start_link` to the first connect (µs, medians)
+
+    | | ClusterSRV.Strategy | sequential baseline (DNSSRV's algorithm) | ours ÷ baseline |
+    |---|---|---|---|
+    #{cold_rows(r.cold_start)}
+
+    #{r.cold_start[ClusterSRV.Strategy].vms} fresh VMs per strategy and mode, alternating, each
+    starting the topology under a supervisor built as libcluster's `Cluster.Supervisor` builds it,
+    resolving through the VM's own settings (`ERL_INETRC`); warm figures from 20 more starts in
+    each VM. The baseline's warm starts are answered by the VM's own DNS cache (`inet_db`, which
+    `:inet_res.getbyname/2` consults first and fills for the answer's TTL), so they send no query;
+    ours ask the server every time.
 
     ## 2. Throughput, 3-record answers (lookups per second)
 
@@ -87,17 +112,22 @@ defmodule ClusterSRV.Bench.Report do
 
     #{long_schedule_notes(r.vm)}
 
-    ## 4. Per-poll cost of the strategy, 500 pods, nothing changed
+    ## 4. Per-poll cost of the strategy, #{r.poll.pods} pods listed (near the DNS message limit), nothing changed
 
     | per poll | ClusterSRV.Strategy | sequential baseline (`:inet_res`) | baseline ÷ ours |
     |---|---|---|---|
+    | the lookup alone, median (µs) | #{Stats.round(r.poll.ours.lookup_us)} | #{Stats.round(r.poll.baseline.lookup_us)} | #{Stats.ratio(r.poll.baseline.lookup_us, r.poll.ours.lookup_us)} |
     | time on a scheduler (µs) | #{r.poll.ours.busy_us} | #{r.poll.baseline.busy_us} | #{Stats.ratio(r.poll.baseline.busy_us, r.poll.ours.busy_us)} |
     | reductions | #{r.poll.ours.reductions} | #{r.poll.baseline.reductions} | #{Stats.ratio(r.poll.baseline.reductions, r.poll.ours.reductions)} |
     | heap allocated (bytes) | #{r.poll.ours.bytes} | #{r.poll.baseline.bytes} | #{Stats.ratio(r.poll.baseline.bytes, r.poll.ours.bytes)} |
 
     Polls measured: #{r.poll.ours.polls} and #{r.poll.baseline.polls}, by tracing the strategy
     process. The baseline follows libcluster's DNSSRV algorithm: its lookup runs inside the
-    strategy process.
+    strategy process. The lookup alone is timed outside the strategies, alternating: ours is the
+    native discovery a poll makes (answer fetched over UDP then TCP, targets named, on the
+    runtime's thread), the baseline's its `:inet_res` resolver, in the calling process.
+
+    #{ClusterSRV.Bench.ScaleReport.markdown(r.scale)}
 
     ## 5. Convergence: a new pod joining 10 live pods (polling interval #{div(ClusterSRV.Bench.convergence_interval(), 1000)} s)
 
@@ -143,6 +173,32 @@ defmodule ClusterSRV.Bench.Report do
       end
       |> List.flatten()
 
+    cold = r.cold_start
+    ours_cold = cold[ClusterSRV.Strategy]
+    base_cold = cold[ClusterSRV.Bench.SequentialSRV]
+
+    cold_targets = [
+      {"cold start, first in a fresh VM (code loaded on demand) ≤ the baseline's",
+       "#{ms(ours_cold.first)} vs #{ms(base_cold.first)}", ours_cold.first <= base_cold.first},
+      {"cold start, first in a fresh VM (code preloaded, as a release) ≤ the baseline's",
+       "#{ms(ours_cold.first_preloaded)} vs #{ms(base_cold.first_preloaded)}",
+       ours_cold.first_preloaded <= base_cold.first_preloaded},
+      {"cold start, warm (the baseline's answer from the VM's DNS cache) ≤ the baseline's",
+       "#{ms(ours_cold.warm)} vs #{ms(base_cold.warm)}", ours_cold.warm <= base_cold.warm},
+      {"cold start, warm, both asking the server ≤ the baseline's",
+       "#{ms(ours_cold.warm_uncached)} vs #{ms(base_cold.warm_uncached)}",
+       ours_cold.warm_uncached <= base_cold.warm_uncached}
+    ]
+
+    poll_targets = [
+      {"per poll at #{r.poll.pods} pods: fewer reductions than the baseline",
+       "#{Stats.ratio(r.poll.baseline.reductions, r.poll.ours.reductions)} fewer",
+       r.poll.ours.reductions < r.poll.baseline.reductions},
+      {"per poll at #{r.poll.pods} pods: less heap allocated than the baseline",
+       "#{Stats.ratio(r.poll.baseline.bytes, r.poll.ours.bytes)} less",
+       r.poll.ours.bytes < r.poll.baseline.bytes}
+    ]
+
     [
       {"native lookup ≥ 2× faster than `:inet_res`, 3 records",
        "#{Float.round(small_speedup, 2)}×", small_speedup >= 2},
@@ -153,7 +209,10 @@ defmodule ClusterSRV.Bench.Report do
       {"native lookups cause 0 `long_schedule` events", "#{r.vm.native.long_schedule}",
        r.vm.native.long_schedule == 0}
     ] ++
+      cold_targets ++
+      poll_targets ++
       conv ++
+      ClusterSRV.Bench.ScaleReport.targets(r.scale) ++
       [
         {"RSS grows by under 5 MB over #{r.memory.lookups} lookups",
          "#{r.memory.rss_growth_kb} kB", r.memory.rss_growth_kb < 5 * 1024},
@@ -178,28 +237,34 @@ defmodule ClusterSRV.Bench.Report do
     end
   end
 
-  defp describe_mode("raw_udp"), do: "bare UDP round trip, one kept socket"
-  defp describe_mode("raw_fresh_socket"), do: "bare UDP, a fresh random-port socket per query"
-  defp describe_mode("hickory_udp_stream"), do: "hickory's UDP client stream"
-  defp describe_mode("cluster_srv_lookup"), do: "our lookup (stream + records)"
+  @modes %{
+    "raw_udp" => "bare UDP round trip, one kept socket",
+    "raw_fresh_socket" =>
+      "bare UDP, a fresh random-port socket per query (bound, then connected: 5 calls)",
+    "raw_fresh_socket_3_calls" =>
+      "bare UDP, a fresh socket made as ours are (non-blocking, bound by connect: 3 calls)",
+    "hickory_udp_stream" => "hickory's UDP client stream",
+    "cluster_srv_lookup" =>
+      "our lookup (our transport, hickory-proto messages, records), inside the runtime",
+    "cluster_srv_lookup_begun_outside" =>
+      "our lookup as the NIF runs it now: sent from the calling thread, then the runtime",
+    "cluster_srv_lookup_handed_off" =>
+      "our lookup as the NIF ran it before: handed whole to the runtime from outside",
+    "decode_large_answer" =>
+      "decoding the 500-record answer and making its records, alone (CPU only)",
+    "tcp_kept_connection" => "one TCP query on a connection kept open",
+    "tcp_fresh_connection" => "one TCP query on a connection of its own (connect, query, close)",
+    "cluster_srv_lookup_large" =>
+      "our lookup of 500 records (UDP, truncated, then TCP on a fresh connection)",
+    "hickory_resolver_1_worker" => "hickory-resolver's `Resolver`, 1 worker",
+    "hickory_resolver_2_workers" => "hickory-resolver's `Resolver`, 2 workers"
+  }
 
-  defp describe_mode("cluster_srv_lookup_handed_off"),
-    do: "our lookup, started from outside the runtime"
-
-  defp describe_mode("tcp_kept_connection"), do: "one TCP query on a connection kept open"
-
-  defp describe_mode("tcp_fresh_connection"),
-    do: "one TCP query on a connection of its own (connect, query, close)"
-
-  defp describe_mode("cluster_srv_lookup_large"),
-    do: "our lookup of 500 records (UDP, truncated, then TCP on a fresh connection)"
-
-  defp describe_mode("hickory_resolver_1_worker"), do: "hickory-resolver's `Resolver`, 1 worker"
-  defp describe_mode("hickory_resolver_2_workers"), do: "hickory-resolver's `Resolver`, 2 workers"
-  defp describe_mode(other), do: other
+  defp describe_mode(mode), do: Map.get(@modes, mode, mode)
 
   defp tcp_mode?(%{mode: mode}),
-    do: mode in ~w(tcp_kept_connection tcp_fresh_connection cluster_srv_lookup_large)
+    do:
+      mode in ~w(tcp_kept_connection tcp_fresh_connection cluster_srv_lookup_large decode_large_answer)
 
   defp tcp_price(exchange) do
     by_mode = Map.new(exchange, &{&1.mode, &1})
@@ -215,6 +280,89 @@ defmodule ClusterSRV.Bench.Report do
     end
   end
 
+  # native − floor, split into parts that sum to it: the kernel's price of a fresh socket, our
+  # lookup's own work, the handoff to the runtime's thread (all three in Rust, from the exchange
+  # table), and what is left: the BEAM's part of our path (the NIF, the terms, the message and
+  # the scheduler's wake-up) beyond the BEAM's part of the floor's.
+  defp gap_table(r) do
+    ex = Map.new(r.exchange, &{&1.mode, &1.median})
+    native = r.latency[3].native.median
+    floor = r.latency[3].floor.median
+    inet_res = r.latency[3].inet_res.median
+
+    needed =
+      ~w(raw_udp raw_fresh_socket_3_calls cluster_srv_lookup cluster_srv_lookup_begun_outside)
+
+    if Enum.all?(needed, &Map.has_key?(ex, &1)) do
+      kernel = ex["raw_fresh_socket_3_calls"] - ex["raw_udp"]
+      ours = ex["cluster_srv_lookup"] - ex["raw_fresh_socket_3_calls"]
+      handoff = ex["cluster_srv_lookup_begun_outside"] - ex["cluster_srv_lookup"]
+      beam = native - ex["cluster_srv_lookup_begun_outside"] - (floor - ex["raw_udp"])
+      gap = native - floor
+      share = fn part -> if gap > 0, do: "#{round(100 * part / gap)} %", else: "n/a" end
+
+      """
+      | step | µs | share of the gap |
+      |---|---|---|
+      | the raw floor, in the VM | #{Stats.round(floor)} | |
+      | + the kernel: a fresh random-port socket per query (made, connected, closed) | #{Stats.round(kernel)} | #{share.(kernel)} |
+      | + our lookup's work: answer checks, decoding, records, timers | #{Stats.round(ours)} | #{share.(ours)} |
+      | + the handoff to the runtime's thread | #{Stats.round(handoff)} | #{share.(handoff)} |
+      | + the BEAM: the NIF call, terms, the reply from another thread waking a scheduler (beyond what the floor's `:gen_udp` pays) | #{Stats.round(beam)} | #{share.(beam)} |
+      | = the native lookup, in the VM | #{Stats.round(native)} | 100 % |
+
+      The first three parts are the Rust exchange table's differences (below), the last what
+      remains: they sum to the gap by construction. The 1.5× target would allow
+      #{Stats.round(floor * 1.5)} µs; 2× faster than `:inet_res` #{Stats.round(inet_res / 2)} µs,
+      #{Stats.ratio(inet_res / 2, floor)} the floor, where the kernel's fresh socket alone takes
+      #{Stats.ratio(floor + kernel, floor)}.
+      """
+    else
+      "(the exchange table lacks a mode the steps need)"
+    end
+  end
+
+  defp probe_table(probe) do
+    n = probe.native
+    f = probe.floor
+
+    """
+    | step (median µs) | native | raw floor |
+    |---|---|---|
+    | the NIF call | #{Stats.round(n.nif_call)} | |
+    | the query sent, on the caller's scheduler (socket made, connected, query sent) | #{Stats.round(n.sent)} | #{Stats.round(f.send)} (sent on the kept socket) |
+    | the runtime's thread takes over (overlaps the server's answer) | #{Stats.round(n.runtime_takes_over)} | |
+    | the answer awaited, read, checked and decoded into records | #{Stats.round(n.answered)} | #{Stats.round(f.receive)} (awaited and received) |
+    | the records made into terms | #{Stats.round(n.terms)} | |
+    | the reply reaches the caller (a scheduler woken from another thread) | #{Stats.round(n.reply)} | |
+    | whole lookup | #{Stats.round(n.total)} | #{Stats.round(f.total)} |
+
+    From the `bench-probe` build's `probe_lookup`, whose reply carries the time of each step
+    (#{probe.n} lookups, alternating with the floor's). Medians of each step do not add up to
+    the median of the whole.
+    """
+  end
+
+  defp cold_rows(cold) do
+    ours = cold[ClusterSRV.Strategy]
+    base = cold[ClusterSRV.Bench.SequentialSRV]
+
+    [
+      {"first start in a fresh VM, code loaded on demand (`iex -S mix`, `mix run`)", :first},
+      {"first start in a fresh VM, code preloaded (a release)", :first_preloaded},
+      {"warm: later starts in the same VM", :warm},
+      {"warm, the VM's DNS cache cleared before each start (both ask the server)",
+       :warm_uncached},
+      {"modules loaded by the first start, before its connect (on demand)", :modules_loaded}
+    ]
+    |> Enum.map_join("\n", fn {label, key} ->
+      "| #{label} | #{Stats.round(ours[key])} | #{Stats.round(base[key])} | " <>
+        "#{Stats.ratio(ours[key], base[key])} |"
+    end)
+  end
+
+  defp ms(us), do: "#{Float.round(us / 1000, 2)} ms"
+
   defp dead_counts(r),
     do: r.convergence |> Map.keys() |> Enum.map(&elem(&1, 1)) |> Enum.uniq() |> Enum.sort()
 
@@ -226,12 +374,19 @@ defmodule ClusterSRV.Bench.Report do
   defp chart!(r) do
     latency = Path.join(@dir, "latency.dat")
     convergence = Path.join(@dir, "convergence.dat")
+    ratios = Path.join(@dir, "ratios.dat")
 
     File.write!(latency, """
     # answer native inet_res floor (median µs)
     "3 records" #{r.latency[3].native.median} #{r.latency[3].inet_res.median} #{r.latency[3].floor.median}
     "500 records" #{r.latency[500].native.median} #{r.latency[500].inet_res.median} #{r.latency[500].floor.median}
     """)
+
+    File.write!(
+      ratios,
+      "# label ours/theirs\n" <>
+        Enum.map_join(ratios(r), "", fn {label, value} -> ~s|"#{label}" #{value}\n| end)
+    )
 
     File.write!(
       convergence,
@@ -242,9 +397,9 @@ defmodule ClusterSRV.Bench.Report do
     )
 
     script = """
-    set terminal pngcairo size 1200,480 font 'sans,10'
+    set terminal pngcairo size 1800,520 font 'sans,10'
     set output '#{Path.join(@dir, "latest.png")}'
-    set multiplot layout 1,2
+    set multiplot layout 1,3
     set title 'SRV lookup latency, median (lower is better)'
     set style data histograms
     set style histogram clustered gap 1
@@ -263,6 +418,17 @@ defmodule ClusterSRV.Bench.Report do
     set xtics (0, 3, 10)
     set key top left
     plot '#{convergence}' using 1:2 title 'ClusterSRV.Strategy' lw 2 pt 7, '' using 1:3 title 'sequential baseline (libcluster DNSSRV algorithm)' lw 2 pt 5
+    set title 'Ours ÷ the alternative, this run (below 1: ours is better)'
+    set style data histograms
+    set style histogram clustered gap 1
+    set style fill solid 0.8 border -1
+    set logscale y
+    set yrange [0.01:*]
+    set ylabel 'ratio (log scale)'
+    set xlabel ''
+    set xtics rotate by -40 left
+    set key off
+    plot '#{ratios}' using 2:xtic(1) title 'ours ÷ theirs', 1 with lines lw 2 lc rgb 'black' notitle
     unset multiplot
     """
 
@@ -270,6 +436,26 @@ defmodule ClusterSRV.Bench.Report do
     File.write!(script_path, script)
     {output, status} = System.cmd("gnuplot", [script_path], stderr_to_stdout: true)
     if status != 0, do: IO.puts("gnuplot failed: #{output}")
+  end
+
+  # Ours ÷ the alternative for each comparison of the run: time, reductions or bytes.
+  defp ratios(r) do
+    lat = r.latency
+    cold = r.cold_start
+    ours_cold = cold[ClusterSRV.Strategy]
+    base_cold = cold[ClusterSRV.Bench.SequentialSRV]
+
+    [
+      {"lookup, 3 records / inet_res", lat[3].native.median / lat[3].inet_res.median},
+      {"lookup, 3 records / floor", lat[3].native.median / lat[3].floor.median},
+      {"lookup, 500 records / inet_res", lat[500].native.median / lat[500].inet_res.median},
+      {"lookup, 500 records / floor", lat[500].native.median / lat[500].floor.median},
+      {"cold start, fresh VM / baseline", ours_cold.first / base_cold.first},
+      {"cold start, preloaded / baseline", ours_cold.first_preloaded / base_cold.first_preloaded},
+      {"poll at #{r.poll.pods} pods, reductions / baseline",
+       r.poll.ours.reductions / r.poll.baseline.reductions},
+      {"poll at #{r.poll.pods} pods, heap / baseline", r.poll.ours.bytes / r.poll.baseline.bytes}
+    ] ++ ClusterSRV.Bench.ScaleReport.ratios(r.scale)
   end
 
   defp plot_secs(ms) when is_integer(ms), do: Float.round(ms / 1000, 2)

@@ -322,26 +322,10 @@ async fn raw_udp_3_calls(
 /// The CPU part of a large lookup alone: the answer, fetched once over TCP, decoded by
 /// hickory-proto and made into our records, `count` times.
 async fn decode_only(server: SocketAddr, name: String, count: usize) -> Result<Vec<u128>, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let query = query_bytes(&name)?;
-    let length = u16::try_from(query.len()).map_err(|e| e.to_string())?;
-    let mut framed = length.to_be_bytes().to_vec();
-    framed.extend_from_slice(&query);
     let mut stream = tokio::net::TcpStream::connect(server)
         .await
         .map_err(|e| e.to_string())?;
-    stream.write_all(&framed).await.map_err(|e| e.to_string())?;
-    let mut prefix = [0u8; 2];
-    stream
-        .read_exact(&mut prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-    stream
-        .read_exact(&mut answer)
-        .await
-        .map_err(|e| e.to_string())?;
+    let answer = tcp_exchange(&mut stream, &framed_query(&name)?).await?;
     let mut times = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
@@ -355,6 +339,36 @@ async fn decode_only(server: SocketAddr, name: String, count: usize) -> Result<V
     Ok(times)
 }
 
+/// A query for `name`, framed for TCP: its length, then the message.
+fn framed_query(name: &str) -> Result<Vec<u8>, String> {
+    let query = query_bytes(name)?;
+    let length = u16::try_from(query.len()).map_err(|e| e.to_string())?;
+    let mut framed = length.to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    Ok(framed)
+}
+
+/// Sends a framed query on `stream` and reads the framed answer back.
+async fn tcp_exchange(
+    stream: &mut tokio::net::TcpStream,
+    framed: &[u8],
+) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    stream.write_all(framed).await.map_err(|e| e.to_string())?;
+    let mut prefix = [0u8; 2];
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
 /// A prebuilt query over TCP, answered and decoded: on one connection kept open, or on a
 /// connection of its own each time, closed after the answer.
 async fn raw_tcp(
@@ -363,13 +377,9 @@ async fn raw_tcp(
     count: usize,
     fresh: bool,
 ) -> Result<Vec<u128>, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    let query = query_bytes(&name)?;
-    let length = u16::try_from(query.len()).map_err(|e| e.to_string())?;
-    let mut framed = length.to_be_bytes().to_vec();
-    framed.extend_from_slice(&query);
+    let framed = framed_query(&name)?;
     let mut kept = TcpStream::connect(server)
         .await
         .map_err(|e| e.to_string())?;
@@ -386,17 +396,7 @@ async fn raw_tcp(
             &mut kept
         };
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream.write_all(&framed).await.map_err(|e| e.to_string())?;
-        let mut prefix = [0u8; 2];
-        stream
-            .read_exact(&mut prefix)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-        stream
-            .read_exact(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
+        let answer = tcp_exchange(stream, &framed).await?;
         Message::from_vec(&answer).map_err(|e| e.to_string())?;
         times.push(started.elapsed().as_micros());
     }
