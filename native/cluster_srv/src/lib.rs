@@ -689,5 +689,13 @@ mod nif {
         }
     }
 
-    rustler::init!("Elixir.ClusterSRV.Native");
+    /// Starts the shared runtime as the library loads (in a release, as the VM boots), so that
+    /// the first lookup does not pay for its thread. A runtime that cannot start is reported by
+    /// the first call that needs it, so loading never fails for it.
+    fn on_load(_env: Env, _info: Term) -> bool {
+        crate::runtime::start();
+        true
+    }
+
+    rustler::init!("Elixir.ClusterSRV.Native", load = on_load);
 }

@@ -21,7 +21,13 @@ static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
         .map_err(|error| format!("cannot start the tokio runtime: {error}"))
 });
 
-/// The one runtime every resolver and lookup shares, built on first use.
+/// Builds the shared runtime now, if it is not built yet. The NIF library calls this when it
+/// loads; a failure stays in the runtime's slot for `runtime()` to report.
+pub fn start() {
+    Lazy::force(&RUNTIME);
+}
+
+/// The one runtime every resolver and lookup shares, built on first use (or at `start()`).
 pub fn runtime() -> Result<&'static Runtime, Error> {
     RUNTIME
         .as_ref()
