@@ -10,6 +10,7 @@ defmodule ClusterSRV.Bench do
   alias ClusterSRV.Bench.{
     Clients,
     ColdStart,
+    InetCache,
     PollTrace,
     Probe,
     Report,
@@ -34,7 +35,8 @@ defmodule ClusterSRV.Bench do
     services = [
       service("myapp-headless", 3),
       service("big-headless", 500),
-      service("kilo", 1_000)
+      service("kilo", 1_000),
+      service("cached", 55)
     ]
 
     dns = DNS.start!(services: services)
@@ -52,6 +54,7 @@ defmodule ClusterSRV.Bench do
         throughput: section("throughput", fn -> throughput(dns, quick?) end),
         vm: section("VM impact", fn -> vm_impact(dns, quick?) end),
         poll: section("per-poll cost of the strategy", fn -> poll_cost(dns, quick?) end),
+        inet_cache: section("the VM's DNS cache", fn -> InetCache.run(dns, "cached", 55) end),
         convergence: section("convergence", fn -> convergence(dns, quick?) end),
         scale: section("scale (namespace cluster)", fn -> Scale.run(quick?) end)
       }

@@ -97,7 +97,7 @@ defmodule ClusterSRV.Bench.ScaleReport do
     then stops #{r.surge} old pods as Kubernetes does (SIGTERM; out of DNS once the VM has gone).
     A link lost counts when a pod's membership dropped another pod while neither was
     leaving (from SIGTERM on), from the histories of every pod, old and new.
-    #{lost_samples(ro)}
+    #{lost_samples(ro)}#{baseline_losses(ro)}
     """
   end
 
@@ -203,6 +203,15 @@ defmodule ClusterSRV.Bench.ScaleReport do
 
   defp secs(ms) when is_number(ms), do: "#{Float.round(ms / 1000, 2)} s"
   defp secs(_), do: "n/a"
+
+  defp baseline_losses(%{baseline: %{lost_links: lost}}) when is_integer(lost) and lost > 0 do
+    "\nThe baseline's pods did not record why their strategies dropped live pods. The likely " <>
+      "cause is in the section on the VM's DNS cache above: once that cache is full, " <>
+      "`:inet_res.getbyname/2` answers with part of the SRV set, and the baseline, like " <>
+      "DNSSRV, disconnects every known node missing from its answer.\n"
+  end
+
+  defp baseline_losses(_rollout), do: ""
 
   defp lost_samples(ro) do
     lines =
