@@ -37,6 +37,7 @@ test: setup $(K8S_VALIDATE)
 	FUZZ_SECONDS=3 cargo test --lib fuzz_for_a_while -- --ignored
 	mix format --check-formatted
 	MIX_ENV=prod mix compile --warnings-as-errors
+	MIX_ENV=dev mix compile --warnings-as-errors
 	MIX_ENV=test mix compile --warnings-as-errors
 	CLUSTER_SRV_RUN=$(RUN) RUST_BACKTRACE=0 mix test
 	@$(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN)

@@ -27,10 +27,11 @@ defmodule ClusterSRV.MixProject do
     [extra_applications: [:logger]]
   end
 
-  # The local cluster harness and the benchmarks' helpers serve the tests, the demo and the
-  # benchmarks; they never ship.
+  # The local cluster harness serves the tests, the demo and the benchmarks, and the
+  # benchmarks' helpers (which call the dev build's probe NIFs) the demo and the benchmarks;
+  # none of it ships.
   defp elixirc_paths(:prod), do: ["lib"]
-  defp elixirc_paths(:test), do: elixirc_paths(:dev) ++ ["test/stand_ins"]
+  defp elixirc_paths(:test), do: ["lib", "test/support", "test/stand_ins"]
   defp elixirc_paths(_), do: ["lib", "test/support", "bench/support"]
 
   defp package do
