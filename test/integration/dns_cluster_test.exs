@@ -220,11 +220,7 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
     test "{ClusterSRV, query: \"myapp.internal\"}: pods named myapp@<ip> form a mesh", %{dns: dns} do
       pods = start_pods(dns, "myapp", 3, fn _ -> [query: "myapp.internal"] end, "myapp.internal")
 
-      try do
-        assert_mesh(pods)
-      after
-        stop_pods(pods)
-      end
+      assert_mesh_then_stop(pods)
     end
 
     @tag :e2e
@@ -233,11 +229,7 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
     } do
       pods = start_pods(dns, "app", 3, fn _ -> [query: ["app.internal"]] end, "app.internal")
 
-      try do
-        assert_mesh(pods)
-      after
-        stop_pods(pods)
-      end
+      assert_mesh_then_stop(pods)
     end
 
     @tag :e2e
@@ -251,11 +243,7 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
           start_pods(dns, "app", 2, config, "app-two.internal", 80) ++
           start_pods(dns, "other-basename", 2, config, "other.internal", 90)
 
-      try do
-        assert_mesh(pods)
-      after
-        stop_pods(pods)
-      end
+      assert_mesh_then_stop(pods)
     end
 
     @tag :e2e
@@ -274,11 +262,7 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
 
       pods = start_pods(dns, "opts", 2, config, "opts.internal", 120)
 
-      try do
-        assert_mesh(pods)
-      after
-        stop_pods(pods)
-      end
+      assert_mesh_then_stop(pods)
     end
 
     @tag :e2e
@@ -353,6 +337,13 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
   end
 
   defp stop_pods(pods), do: Enum.each(pods, &Pod.stop/1)
+
+  # A full mesh of `pods`, asserted; the pods are stopped either way.
+  defp assert_mesh_then_stop(pods) do
+    assert_mesh(pods)
+  after
+    stop_pods(pods)
+  end
 
   defp assert_mesh(pods, deadline \\ System.monotonic_time(:millisecond) + 5_000) do
     names = MapSet.new(pods, & &1.name)

@@ -71,9 +71,46 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     end
   end
 
+  # Short, so that a partition outlasts it quickly; every pod of a partitioned cluster uses it.
+  @ticktime 4
+
+  # Four pods in a full mesh, then the second cut off (`how`: :link or :reject) until both
+  # sides have noticed and twice net_ticktime has passed, then restored.
+  defp partition_and_heal(network, service, how) do
+    cluster = cluster!(network, service, erl: "-kernel net_ticktime #{@ticktime}")
+    {cluster, pods} = NetnsCluster.add_pods(cluster, 4)
+    assert_mesh(cluster, 5 * @interval, now())
+    [_, victim | _] = pods
+    others = List.delete(pods, victim)
+
+    cut_at = now()
+    NetnsCluster.partition(cluster, victim, how)
+
+    noticed =
+      eventually(
+        fn ->
+          Pod.members(victim) == MapSet.new() and
+            Enum.all?(others, &(victim.name not in Pod.members(&1)))
+        end,
+        cut_at + 3 * @ticktime * 1_000
+      )
+
+    assert noticed, NetnsCluster.timeline(cluster, cut_at)
+    noticed_after = now() - cut_at
+
+    Process.sleep(max(cut_at + 2 * @ticktime * 1_000 - now(), 0))
+    NetnsCluster.heal(cluster, victim, how)
+
+    %{
+      cluster: cluster,
+      pods: pods,
+      cut_at: cut_at,
+      noticed_after: noticed_after,
+      healed_at: now()
+    }
+  end
+
   describe "a partition" do
-    # Short, so that the partition outlasts it quickly; every pod of the cluster uses it.
-    @ticktime 4
     # OTP's default: a connection setup gives up after this long.
     @setuptime 7_000
 
@@ -87,39 +124,17 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     # setup has ended: within net_setuptime and one interval.
     test "a pod cut off for longer than net_ticktime is back in the full mesh after its link returns, and no strategy dropped it",
          %{network: network} do
-      cluster = cluster!(network, "part", erl: "-kernel net_ticktime #{@ticktime}")
-      {cluster, pods} = NetnsCluster.add_pods(cluster, 4)
-      assert_mesh(cluster, 5 * @interval, now())
-      [_, victim | _] = pods
-      others = List.delete(pods, victim)
+      %{cluster: cluster, pods: pods, cut_at: cut_at} =
+        cut = partition_and_heal(network, "part", :link)
 
-      cut_at = now()
-      NetnsCluster.partition(cluster, victim, :link)
-
-      # The partition is noticed on both sides, once net_ticktime has passed.
-      noticed =
-        eventually(
-          fn ->
-            Pod.members(victim) == MapSet.new() and
-              Enum.all?(others, &(victim.name not in Pod.members(&1)))
-          end,
-          cut_at + 3 * @ticktime * 1_000
-        )
-
-      assert noticed, NetnsCluster.timeline(cluster, cut_at)
-      # By the tick timeout, not at once.
-      assert now() - cut_at >= @ticktime * 1_000 * 3 / 4
-
-      # Twice net_ticktime in all.
-      Process.sleep(max(cut_at + 2 * @ticktime * 1_000 - now(), 0))
-      NetnsCluster.heal(cluster, victim, :link)
-      returned_at = now()
+      # The partition was noticed on both sides by the tick timeout, not at once.
+      assert cut.noticed_after >= @ticktime * 1_000 * 3 / 4
 
       ms = assert_mesh(cluster, @setuptime + 5 * @interval, cut_at)
 
       assert ms <= @setuptime + @interval,
              "back in the full mesh #{ms} ms after the link returned:\n" <>
-               NetnsCluster.timeline(cluster, returned_at)
+               NetnsCluster.timeline(cluster, cut.healed_at)
 
       # Only OTP disconnected anyone: the strategies kept the pod DNS still listed.
       for pod <- pods do
@@ -129,42 +144,20 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
   end
 
   describe "a partition that refuses" do
-    @ticktime 4
-
     # A firewall that rejects (TCP reset, ICMP unreachable) leaves no connection setup waiting
     # on a lost packet: the strategies' polls during the partition fail at once, and the first
     # poll after it connects. So the mesh is whole within one interval, plus the time of that
     # poll's lookup and connects.
     test "a pod refused for longer than net_ticktime is back in the full mesh within one interval",
          %{network: network} do
-      cluster = cluster!(network, "refuse", erl: "-kernel net_ticktime #{@ticktime}")
-      {cluster, pods} = NetnsCluster.add_pods(cluster, 4)
-      assert_mesh(cluster, 5 * @interval, now())
-      [_, victim | _] = pods
-      others = List.delete(pods, victim)
-
-      cut_at = now()
-      NetnsCluster.partition(cluster, victim, :reject)
-
-      noticed =
-        eventually(
-          fn ->
-            Pod.members(victim) == MapSet.new() and
-              Enum.all?(others, &(victim.name not in Pod.members(&1)))
-          end,
-          cut_at + 3 * @ticktime * 1_000
-        )
-
-      assert noticed, NetnsCluster.timeline(cluster, cut_at)
-      Process.sleep(max(cut_at + 2 * @ticktime * 1_000 - now(), 0))
-      NetnsCluster.heal(cluster, victim, :reject)
-      returned_at = now()
+      %{cluster: cluster, pods: pods, cut_at: cut_at} =
+        cut = partition_and_heal(network, "refuse", :reject)
 
       ms = assert_mesh(cluster, 5 * @interval, cut_at)
 
       assert ms <= @interval + 250,
              "back in the full mesh #{ms} ms after the partition ended:\n" <>
-               NetnsCluster.timeline(cluster, returned_at)
+               NetnsCluster.timeline(cluster, cut.healed_at)
 
       for pod <- pods do
         assert Pod.info(pod).disconnects == [], NetnsCluster.timeline(cluster, cut_at)
