@@ -22,7 +22,7 @@ defmodule ClusterSRV.Bench.Scale do
       `se.sum_exec_runtime` in `/proc/self/task/*/sched`, with the schedulers' and the NIF
       runtime's threads apart. Then, tracing the strategy process (`:running` and `:receive`)
       for a number of polls: its time on a scheduler and its reductions per poll. A poll is a
-      lookup answer for ours, a `:load` (or `:timeout`) tick for the baseline, whose two timer
+      lookup answer for ours, a `:load` tick for the baseline, whose two timer
       chains poll twice per interval.
     * **Rolling update.** A Deployment's pods, updated with maxSurge `surge` and
       maxUnavailable 0: start `surge` pods of the new ReplicaSet, wait until they are in the
@@ -58,7 +58,15 @@ defmodule ClusterSRV.Bench.Scale do
   def run(quick?) do
     case Netns.unavailable_reason() do
       nil ->
-        measure(settings(quick?))
+        try do
+          measure(settings(quick?))
+        rescue
+          # Reported as not measured, so that the other sections' results are still written.
+          error ->
+            reason = "the run failed: " <> (error |> Exception.message() |> String.slice(0, 300))
+            IO.puts("    #{reason}")
+            %{skipped: reason}
+        end
 
       reason ->
         IO.puts("    skipped: #{reason}")
@@ -571,41 +579,61 @@ defmodule ClusterSRV.Bench.Scale do
       {:halt, %{acc | stopped: "capped at #{div(s.rollout_cap, 1000)} s"}}
     else
       step_started = now()
-      {cluster, _new} = NetnsCluster.add_pods(acc.cluster, length(batch), template: @template)
 
-      case NetnsCluster.await_mesh(cluster, remaining(deadline, s.step_timeout)) do
-        {:ok, _} ->
-          leaving_at = now()
+      case start_new_pods(acc.cluster, length(batch)) do
+        {:ok, cluster} ->
+          replace(acc, cluster, batch, step_started, deadline, s)
 
-          left =
-            batch
-            |> Task.async_stream(
-              fn pod ->
-                :ok = Pod.terminate(pod)
-                {pod, leaving_at, Pod.info(pod)}
-              end,
-              timeout: 40_000
-            )
-            |> Enum.map(fn {:ok, left} -> left end)
-
-          cluster = Enum.reduce(batch, cluster, &NetnsCluster.kill_pod(&2, &1))
-
-          {:cont,
-           %{
-             acc
-             | cluster: cluster,
-               left: left ++ acc.left,
-               steps: [now() - step_started | acc.steps]
-           }}
-
-        {:error, _} ->
-          why =
-            if now() >= deadline,
-              do: "capped at #{div(s.rollout_cap, 1000)} s",
-              else: "step #{length(acc.steps) + 1}'s new pods joined no full mesh"
-
-          {:halt, %{acc | cluster: cluster, stopped: why}}
+        # A cluster that thrashes can keep a new pod's VM from coming up in time.
+        {:error, why} ->
+          {:halt,
+           %{acc | stopped: "step #{length(acc.steps) + 1}'s new pods did not start: #{why}"}}
       end
+    end
+  end
+
+  defp start_new_pods(cluster, count) do
+    {cluster, _new} = NetnsCluster.add_pods(cluster, count, template: @template)
+    {:ok, cluster}
+  rescue
+    error ->
+      {:error, error |> Exception.message() |> String.split("\n") |> hd() |> String.slice(0, 120)}
+  end
+
+  # The step's new pods are up: once they are in the full mesh, its old pods are stopped.
+  defp replace(acc, cluster, batch, step_started, deadline, s) do
+    case NetnsCluster.await_mesh(cluster, remaining(deadline, s.step_timeout)) do
+      {:ok, _} ->
+        leaving_at = now()
+
+        left =
+          batch
+          |> Task.async_stream(
+            fn pod ->
+              :ok = Pod.terminate(pod)
+              {pod, leaving_at, Pod.info(pod)}
+            end,
+            timeout: 40_000
+          )
+          |> Enum.map(fn {:ok, left} -> left end)
+
+        cluster = Enum.reduce(batch, cluster, &NetnsCluster.kill_pod(&2, &1))
+
+        {:cont,
+         %{
+           acc
+           | cluster: cluster,
+             left: left ++ acc.left,
+             steps: [now() - step_started | acc.steps]
+         }}
+
+      {:error, _} ->
+        why =
+          if now() >= deadline,
+            do: "capped at #{div(s.rollout_cap, 1000)} s",
+            else: "step #{length(acc.steps) + 1}'s new pods joined no full mesh"
+
+        {:halt, %{acc | cluster: cluster, stopped: why}}
     end
   end
 

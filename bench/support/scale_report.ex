@@ -16,7 +16,7 @@ defmodule ClusterSRV.Bench.ScaleReport do
     """
     ## Scale, on the namespace cluster
 
-    Not measured on this machine: #{reason}.
+    Not measured in this run: #{reason}.
     """
   end
 
