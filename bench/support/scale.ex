@@ -586,8 +586,7 @@ defmodule ClusterSRV.Bench.Scale do
 
         # A cluster that thrashes can keep a new pod's VM from coming up in time.
         {:error, why} ->
-          {:halt,
-           %{acc | stopped: "step #{length(acc.steps) + 1}'s new pods did not start: #{why}"}}
+          {:halt, %{acc | stopped: "step #{length(acc.steps) + 1}: #{why}"}}
       end
     end
   end
@@ -597,7 +596,8 @@ defmodule ClusterSRV.Bench.Scale do
     {:ok, cluster}
   rescue
     error ->
-      {:error, error |> Exception.message() |> String.split("\n") |> hd() |> String.slice(0, 120)}
+      # The harness's message ends with the pod's log: its first words name the pod.
+      {:error, error |> Exception.message() |> String.split([": {", "\n"]) |> hd()}
   end
 
   # The step's new pods are up: once they are in the full mesh, its old pods are stopped.
