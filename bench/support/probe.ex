@@ -26,9 +26,6 @@ defmodule ClusterSRV.Bench.Probe do
   @steps [:nif_call, :sent, :runtime_takes_over, :answered, :terms, :reply]
 
   @doc false
-  def steps, do: @steps
-
-  @doc false
   def run(dns, name, quick?) do
     {rounds, per_round} = if quick?, do: {3, 100}, else: {10, 300}
     {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: [DNS.nameserver(dns)], attempts: 1)

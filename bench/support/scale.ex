@@ -208,18 +208,25 @@ defmodule ClusterSRV.Bench.Scale do
     end)
   end
 
-  defp order(round) when rem(round, 2) == 1, do: @strategies
-  defp order(_round), do: Enum.reverse(@strategies)
-
-  defp form(net, strategy, service, s) do
-    cluster =
-      NetnsCluster.start!(
+  # A cluster of `strategy`'s pods on `net`, polling every @interval.
+  defp start_cluster(net, strategy, service, opts) do
+    NetnsCluster.start!(
+      [
         network: net,
         service: service,
         app: "app",
         strategy: strategy,
         polling_interval: @interval
-      )
+      ] ++
+        opts
+    )
+  end
+
+  defp order(round) when rem(round, 2) == 1, do: @strategies
+  defp order(_round), do: Enum.reverse(@strategies)
+
+  defp form(net, strategy, service, s) do
+    cluster = start_cluster(net, strategy, service, [])
 
     try do
       counted = dns_counted(net)
@@ -494,15 +501,7 @@ defmodule ClusterSRV.Bench.Scale do
   end
 
   defp roll(net, strategy, service, s) do
-    cluster =
-      NetnsCluster.start!(
-        network: net,
-        service: service,
-        app: "app",
-        layout: :deployment,
-        strategy: strategy,
-        polling_interval: @interval
-      )
+    cluster = start_cluster(net, strategy, service, layout: :deployment)
 
     try do
       {cluster, old} = NetnsCluster.add_pods(cluster, s.pods)

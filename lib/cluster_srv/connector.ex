@@ -70,10 +70,6 @@ defmodule ClusterSRV.Connector do
     %{connector | jobs: Map.put(connector.jobs, monitor, job)}
   end
 
-  @doc "How many jobs are running."
-  @spec running(t()) :: non_neg_integer()
-  def running(%__MODULE__{jobs: jobs}), do: map_size(jobs)
-
   @doc """
   Handles a message of the owner's: a job's end gives `{:done, kind, node, outcome,
   connector}`, a job's deadline kills the job and gives `{:running, connector}` (its end

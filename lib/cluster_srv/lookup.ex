@@ -74,9 +74,10 @@ defmodule ClusterSRV.Lookup do
 
   @doc """
   Starts a lookup. The caller later gets the messages that `handle_info/2` turns into its end.
-  Returns `{:error, reason, lookup}` when it cannot start (the native runtime did not start).
+  When it cannot start (the native runtime did not start), it has ended at once:
+  `{:done, results, 0, lookup}`, every source's result that failure, as `handle_info/2` gives.
   """
-  @spec start(t()) :: {:ok, t()} | {:error, term(), t()}
+  @spec start(t()) :: {:ok, t()} | {:done, results(), 0, t()}
   def start(%__MODULE__{running: nil, config: config} = lookup) do
     lookup = %{lookup | resolver: lookup.resolver && Resolver.current(lookup.resolver)}
     started = System.monotonic_time()
@@ -102,7 +103,7 @@ defmodule ClusterSRV.Lookup do
               do: {source.name, source.type, source.basename, source.domain, config.node_naming}
 
         case Resolver.async_discover_all(resolver, sources, config.max_nodes) do
-          {:error, reason} -> {:error, reason, lookup}
+          {:error, reason} -> {:done, results(config, {:error, reason}), 0, lookup}
           ref -> {:ok, track(lookup, %{ref: ref, pid: nil, monitor: nil, started: started}, wait)}
         end
     end
@@ -332,11 +333,7 @@ defmodule ClusterSRV.Lookup do
   defp ip?(_other, _family), do: false
 
   # The native side sorts targets lowercased and without the trailing dot.
-  defp sort_key(target), do: target |> String.trim_trailing(".") |> ascii_downcase()
-
-  defp ascii_downcase(text), do: for(<<byte <- text>>, into: "", do: <<downcase(byte)>>)
-  defp downcase(byte) when byte in ?A..?Z, do: byte + 32
-  defp downcase(byte), do: byte
+  defp sort_key(target), do: target |> String.trim_trailing(".") |> String.downcase(:ascii)
 
   defp srv_entry_to_record({priority, weight, port, target})
        when is_integer(priority) and is_integer(weight) and is_integer(port) and is_list(target) do

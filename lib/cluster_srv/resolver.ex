@@ -53,6 +53,9 @@ defmodule ClusterSRV.Resolver do
   @file_info :file_info
              |> Elixir.Record.extract(from_lib: "kernel/include/file.hrl")
              |> Keyword.keys()
+  # Their positions in the record tuple (the tag is at 0), found when compiling.
+  @resolv_conf_fields for field <- [:mtime, :size, :inode],
+                          do: Enum.find_index(@file_info, &(&1 == field)) + 1
 
   defstruct [
     :ref,
@@ -174,14 +177,12 @@ defmodule ClusterSRV.Resolver do
   defp system_settings do
     resolv_conf =
       case :file.read_file_info(~c"/etc/resolv.conf", [:raw, time: :posix]) do
-        {:ok, info} -> {file_info(info, :mtime), file_info(info, :size), file_info(info, :inode)}
+        {:ok, info} -> @resolv_conf_fields |> Enum.map(&elem(info, &1)) |> List.to_tuple()
         {:error, reason} -> reason
       end
 
     {vm_settings(), resolv_conf}
   end
-
-  defp file_info(info, field), do: elem(info, Enum.find_index(@file_info, &(&1 == field)) + 1)
 
   # The VM's own resolver settings, refreshed from resolv.conf as :inet_res refreshes them
   # before a query (it rereads the file at most every 5 s, when it has changed). Servers the

@@ -96,7 +96,7 @@ defmodule ClusterSRV.SelfCheck do
       %Record{target: target} = record ->
         dialed = dialed(config, record)
 
-        if config.node_naming == :hostname and Regex.match?(@dashed_ip, target) do
+        if config.node_naming == :hostname and dashed_ip?(target) do
           %{
             cause: :dashed_ip,
             dialed: dialed,

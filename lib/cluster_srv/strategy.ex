@@ -333,10 +333,9 @@ defmodule ClusterSRV.Strategy do
         servers_changed(state, before, lookup.resolver)
         %{state | lookup: lookup}
 
-      {:error, reason, lookup} ->
+      {:done, failed, duration, lookup} ->
         servers_changed(state, before, lookup.resolver)
-        failed = for source <- state.topology.config.sources, do: {source, {:error, reason}}
-        lookup_done(%{state | lookup: lookup}, failed, 0)
+        lookup_done(%{state | lookup: lookup}, failed, duration)
     end
   end
 

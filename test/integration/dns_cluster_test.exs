@@ -345,20 +345,10 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
     stop_pods(pods)
   end
 
-  defp assert_mesh(pods, deadline \\ System.monotonic_time(:millisecond) + 5_000) do
-    names = MapSet.new(pods, & &1.name)
-    meshed = Enum.all?(pods, &(Pod.members(&1) == MapSet.delete(names, &1.name)))
-
-    cond do
-      meshed ->
-        :ok
-
-      System.monotonic_time(:millisecond) > deadline ->
-        flunk("no full mesh: #{inspect(Enum.map(pods, &{&1.label, Pod.members(&1)}))}")
-
-      true ->
-        Process.sleep(50)
-        assert_mesh(pods, deadline)
+  defp assert_mesh(pods) do
+    case Pod.await_mesh(pods, 5_000) do
+      {:ok, _ms} -> :ok
+      {:error, members} -> flunk("no full mesh: #{inspect(members)}")
     end
   end
 end

@@ -110,6 +110,20 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     }
   end
 
+  # After partition_and_heal/3: the full mesh is back within `bound` ms of the heal (waiting
+  # up to `wait` ms to say how late it is), and no strategy disconnected anyone meanwhile.
+  defp assert_healed(cut, wait, bound) do
+    ms = assert_mesh(cut.cluster, wait, cut.cut_at)
+
+    assert ms <= bound,
+           "back in the full mesh #{ms} ms after the partition ended:\n" <>
+             NetnsCluster.timeline(cut.cluster, cut.healed_at)
+
+    for pod <- cut.pods do
+      assert Pod.info(pod).disconnects == [], NetnsCluster.timeline(cut.cluster, cut.cut_at)
+    end
+  end
+
   describe "a partition" do
     # OTP's default: a connection setup gives up after this long.
     @setuptime 7_000
@@ -124,22 +138,13 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     # setup has ended: within net_setuptime and one interval.
     test "a pod cut off for longer than net_ticktime is back in the full mesh after its link returns, and no strategy dropped it",
          %{network: network} do
-      %{cluster: cluster, pods: pods, cut_at: cut_at} =
-        cut = partition_and_heal(network, "part", :link)
+      cut = partition_and_heal(network, "part", :link)
 
       # The partition was noticed on both sides by the tick timeout, not at once.
       assert cut.noticed_after >= @ticktime * 1_000 * 3 / 4
 
-      ms = assert_mesh(cluster, @setuptime + 5 * @interval, cut_at)
-
-      assert ms <= @setuptime + @interval,
-             "back in the full mesh #{ms} ms after the link returned:\n" <>
-               NetnsCluster.timeline(cluster, cut.healed_at)
-
       # Only OTP disconnected anyone: the strategies kept the pod DNS still listed.
-      for pod <- pods do
-        assert Pod.info(pod).disconnects == [], NetnsCluster.timeline(cluster, cut_at)
-      end
+      assert_healed(cut, @setuptime + 5 * @interval, @setuptime + @interval)
     end
   end
 
@@ -150,18 +155,9 @@ defmodule ClusterSRV.Integration.NetnsFaultsTest do
     # poll's lookup and connects.
     test "a pod refused for longer than net_ticktime is back in the full mesh within one interval",
          %{network: network} do
-      %{cluster: cluster, pods: pods, cut_at: cut_at} =
-        cut = partition_and_heal(network, "refuse", :reject)
+      cut = partition_and_heal(network, "refuse", :reject)
 
-      ms = assert_mesh(cluster, 5 * @interval, cut_at)
-
-      assert ms <= @interval + 250,
-             "back in the full mesh #{ms} ms after the partition ended:\n" <>
-               NetnsCluster.timeline(cluster, cut.healed_at)
-
-      for pod <- pods do
-        assert Pod.info(pod).disconnects == [], NetnsCluster.timeline(cluster, cut_at)
-      end
+      assert_healed(cut, 5 * @interval, @interval + 250)
     end
   end
 

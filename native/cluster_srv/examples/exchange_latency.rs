@@ -181,7 +181,7 @@ fn main() {
                         .await
                     }))
                 }
-                _ => {
+                "hickory_resolver_2_workers" => {
                     let (resolver, name) = (hickory_two.clone(), name.clone());
                     two.block_on(two.spawn(async move {
                         timed(per_round, || async {
@@ -190,6 +190,7 @@ fn main() {
                         .await
                     }))
                 }
+                other => unreachable!("no such mode: {other}"),
             };
             cpu[index] += cpu_time().saturating_sub(before);
             // The outer result is the task's join: a panic in it is a failure too.

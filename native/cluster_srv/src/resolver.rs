@@ -152,11 +152,6 @@ impl SrvResolver {
         &self.plan
     }
 
-    /// The longest a lookup may take before it gives `Error::Timeout`.
-    pub fn deadline(&self) -> Duration {
-        self.deadline
-    }
-
     /// Begins a lookup of `name` for `record_type` on the calling thread, without blocking:
     /// the first try's queries are sent from here (see `transport::begin_udp`), and the
     /// deadline counts from now. Pass the result to `lookup_begun`, `discover_begun` or
@@ -246,18 +241,9 @@ impl SrvResolver {
         Ok((records.len(), names::node_names(candidates, rules)))
     }
 
-    /// Looks up the addresses of `name`: its A records (`RecordType::A`) or AAAA records
+    /// The addresses of a lookup `begin` began for A records (`RecordType::A`) or AAAA records
     /// (`RecordType::AAAA`), sorted and each kept once, so that every caller sees them in one
     /// order. No records of the type is `Error::NoRecords`.
-    pub async fn addresses_of(
-        &self,
-        name: &str,
-        record_type: RecordType,
-    ) -> Result<Vec<IpAddr>, Error> {
-        self.addresses_begun(self.begin(name, record_type)).await
-    }
-
-    /// `addresses_of`, from a lookup `begin` began for A or AAAA records.
     pub async fn addresses_begun(&self, begun: Begun) -> Result<Vec<IpAddr>, Error> {
         let record_type = begun.record_type;
         let answer = self.resolve_begun(begun).await?;

@@ -359,16 +359,6 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   end
 
   @doc """
-  Stops a pod as Kubernetes stops a terminating one (SIGTERM, its app stops), and once its VM
-  has exited removes it from DNS and deletes its sandbox: with `publishNotReadyAddresses:
-  true`, a terminating pod stays listed until it is gone.
-  """
-  def terminate_pod(%__MODULE__{} = cluster, %Pod{} = pod) do
-    Pod.terminate(pod)
-    kill_pod(cluster, pod)
-  end
-
-  @doc """
   Calls `module.fun(args)` on a pod's node, from a short-lived node in the pod's own sandbox (as
   `bin/app rpc` runs inside a pod), and returns the result. What the call prints comes back as
   `{result, output}` with `output: true`. With `hidden: true` the calling node is hidden, so
