@@ -6,30 +6,57 @@ defmodule ClusterSRV.Membership do
   It has no process, no clock and no I/O, so a test drives it with plain data;
   `ClusterSRV.Strategy` carries events in and performs the actions out. The events:
 
-    * `lookup_done/3` - a lookup ended, with what the topology's `list_nodes` shows now;
+    * `lookup_done/4` - a poll's lookups ended, with what the topology's `list_nodes` shows
+      now and the time (the caller's monotonic clock, in ms);
     * `job_done/4` - a connect or disconnect job ended (see `ClusterSRV.Connector` for the
-      outcomes).
+      outcomes);
+    * `peer_leaving/3` - a peer's strategy said its node is shutting down;
+    * `self_check_done/2` - the self-check ended.
 
   The actions, in the order they are to be taken:
 
     * `{:connect, node}`, `{:disconnect, node}` - start a job;
+    * `:self_check` - look up once more and say why this node's name is missing;
     * `{:log, level, message}` - `message` is a string, or for `:debug` a function that builds
       it, so that a poll builds no text unless debug is on;
     * `{:emit, event, measurements, metadata}` - a telemetry event (libcluster's).
+
+  ## What a poll's answers count as
+
+  A poll asks each source (a name and a record type) once. Each source's result is:
+
+    * **listed** - a successful answer with valid node names: the source now lists exactly
+      those;
+    * **empty** - a successful answer that lists no one: "no records", an answer whose targets
+      are all invalid, or NXDOMAIN when no other type of the same name answered. The source
+      now lists no one. An NXDOMAIN for one type of a name whose other types answered in the
+      same poll contradicts them (a name that does not exist has no records of any type), so
+      it counts as a failure instead;
+    * **partial** - a successful answer some of whose targets could not be resolved to an
+      address (`:unresolved`, with `node_naming: :ip`): the nodes it did name are added to what
+      the source listed, and nothing the source listed is dropped;
+    * **failed** - a timeout, SERVFAIL, REFUSED, an answer too large for one DNS message, or
+      any other error: the source keeps what it listed.
+
+  A failed or partial source keeps its last list for `source_grace` ms at most while other
+  sources answer (the strategy sets it to the longer of `prune_grace` and 10 polling
+  intervals); then a failed source lists no one, and a partial one what it named. A poll in
+  which no source names a valid node (every source failed, or says no one is there) changes
+  nothing at all, and restarts that clock: a whole DNS outage never removes anyone.
 
   ## The contract
 
   These hold for every sequence of events (`test/cluster_srv/membership_test.exs` checks them
   over thousands of random ones):
 
-    * **Failures change nothing.** A failed lookup, an empty answer or one with no valid name
-      starts no job, and changes neither `meta` nor what is listed.
-    * **Disconnects follow DNS.** A node is disconnected only when a successful answer with at
-      least one valid name no longer lists it, it is in `meta`, and `list_nodes` shows it. Such
-      a node is always disconnected at that answer, unless a connect of ours to it still runs:
-      then the answer after that connect succeeds disconnects it.
-    * **Connects follow DNS.** A node is connected only when the latest successful answer lists
-      it and `list_nodes` does not show it.
+    * **Failures change nothing.** A poll in which no source names a valid node starts no job,
+      and changes neither `meta` nor what is listed.
+    * **Disconnects follow DNS.** A node is disconnected only when no source lists it any more
+      (by the rules above), it is in `meta`, and `list_nodes` shows it. Such a node is always
+      disconnected at that poll, unless a connect of ours to it still runs: then the poll after
+      that connect ends disconnects it.
+    * **Connects follow DNS.** A node is connected only when a source lists it and `list_nodes`
+      does not show it.
     * **Never this node**, and **never two jobs for one node at once.**
     * **Retries are bounded.** A connect to a node whose last connect failed is a retry: at
       most `max_retries` run at once, the others wait in a queue. Every other job starts at
@@ -41,8 +68,8 @@ defmodule ClusterSRV.Membership do
       already gone or not part of the network, removes it; a disconnect that failed otherwise
       keeps it, so that the next answer tries again. An answer keeps the listed nodes that
       were known or are connected, and the nodes it is disconnecting.
-    * **Each problem is logged once while it lasts**: a failure when it starts and when its
-      kind changes, its end once, a kind of rejected target when it appears, a node that
+    * **Each problem is logged once while it lasts**: a source's failure when it starts and when
+      its kind changes, its end once, a kind of rejected target when it appears, a node that
       stays unreachable once.
 
       iex> state = ClusterSRV.Membership.new(self: :"app@a.svc", query: "svc.")
@@ -58,10 +85,9 @@ defmodule ClusterSRV.Membership do
 
   alias ClusterSRV.Reasons
 
-  @enforce_keys [:self, :query]
+  @enforce_keys [:self]
   defstruct [
     :self,
-    :query,
     sources: [],
     per_source: %{},
     context: [],
@@ -69,20 +95,17 @@ defmodule ClusterSRV.Membership do
     max_retries: 16,
     prune: true,
     prune_grace: 0,
+    source_grace: 50_000,
     meta: MapSet.new(),
     listed: MapSet.new(),
     jobs: %{},
     retries: :queue.new(),
     unreachable: %{},
     missing: %{},
-    failure: nil,
-    failures: 0,
     rejections: MapSet.new(),
     self_listed: nil,
     was_listed: false,
-    leaving: false,
     self_misses: 0,
-    self_warned: nil,
     peers_leaving: %{}
   ]
 
@@ -93,55 +116,63 @@ defmodule ClusterSRV.Membership do
   # Successful, non-empty answers in a row without this node's name before it is checked.
   @self_check_after 3
 
+  # A source nobody has heard from yet, or that answers.
+  @fresh %{listed: MapSet.new(), failure: nil, failures: 0, since: nil}
+
   @typedoc """
   What the rules know:
 
     * `meta` - libcluster's meta, the nodes known as members;
-    * `listed` - the nodes the latest successful answer listed;
+    * `listed` - the nodes the sources list, after the latest poll that named anyone;
     * `jobs` - per node, the job it has: `{:connect | :disconnect, :running | :queued}`, and
       whether it is a retry;
     * `retries` - the queue of retries waiting for room;
     * `unreachable` - listed nodes whose last connect failed, each with why;
     * `missing` - known nodes the answers stopped listing, each with when the first answer
       that missed it came (monotonic ms): their removal waits for `prune_grace`;
-    * `failure`, `failures` - the ongoing lookup failure, and how many polls in a row failed
-      (every source failed);
-    * `sources`, `per_source` - each source's key (`{name, type}`), and what its latest
-      successful answer listed, its ongoing failure and how many polls it failed in a row;
+    * `sources`, `per_source` - each source's key (`{name, type}`), and what it lists, its
+      ongoing failure, how many polls in a row it failed, and since when (monotonic ms) it has
+      failed while others answered (`nil` when it answers);
     * `rejections` - the kinds of rejected target the latest answers had, by source;
-    * `self_listed` - whether the latest successful answer listed this node (`nil` before
-      the first); `was_listed` - whether one ever did; `leaving` - it did, and the latest one
-      no longer does: the pod is terminating, and starts no new connects;
-    * `self_misses`, `self_warned` - successful answers in a row without this node, for the
-      self-check, and the causes it has warned about (`nil` until it ran);
+    * `self_listed` - whether the latest poll that named anyone listed this node (`nil` before
+      the first); `was_listed` - whether one ever did. A node that was listed and no longer is
+      is leaving: its pod is terminating, and it starts no new connects;
+    * `self_misses` - such polls in a row without this node, for the self-check;
     * `peers_leaving` - peers that said they are leaving (their strategy stopping on a normal
-      shutdown), each with when: not connected again while DNS still lists them, until DNS
-      drops them, they connect again, or 30 s have passed.
+      shutdown of their node), each with when, and whether it has been seen disconnected since:
+      not connected again while DNS still lists it, until DNS drops it, it was seen gone and
+      then connected again (it came back on its own), or 30 s have passed.
   """
+  @type source :: {String.t(), :srv | :a | :aaaa}
+
   @type t :: %__MODULE__{
           self: node(),
-          query: String.t(),
+          sources: [source()],
+          per_source: %{
+            source() => %{
+              listed: MapSet.t(node()),
+              failure: term(),
+              failures: non_neg_integer(),
+              since: integer() | nil
+            }
+          },
           context: keyword(),
+          connect_log: Logger.level() | false,
           max_retries: pos_integer(),
+          prune: boolean(),
+          prune_grace: non_neg_integer(),
+          source_grace: non_neg_integer(),
           meta: MapSet.t(node()),
           listed: MapSet.t(node()),
           jobs: %{node() => {:connect | :disconnect, :running | :queued, boolean()}},
           retries: :queue.queue(node()),
           unreachable: %{node() => term()},
           missing: %{node() => integer()},
-          prune: boolean(),
-          prune_grace: non_neg_integer(),
-          failure: term(),
-          failures: non_neg_integer(),
-          rejections: MapSet.t({term(), atom()}),
-          sources: [{String.t(), atom()}],
-          per_source: %{{String.t(), atom()} => map()},
+          rejections: MapSet.t({source(), atom()}),
           self_listed: boolean() | nil,
           was_listed: boolean(),
-          leaving: boolean(),
           self_misses: non_neg_integer(),
-          self_warned: MapSet.t(atom()) | nil,
-          peers_leaving: %{node() => integer()}
+          peers_leaving: %{node() => {integer(), boolean()}}
         }
 
   @type action ::
@@ -155,167 +186,242 @@ defmodule ClusterSRV.Membership do
           {:ok, %{nodes: [node()], rejected: [{String.t(), atom()}]}} | {:error, term()}
 
   @doc """
-  New rules. Options: `:self` (this node), `:query` (the name asked, for the logs) or
+  New rules. Options: `:self` (this node), `:query` (the one name asked, for SRV records) or
   `:sources` (several: each `%{name: name, type: :srv | :a | :aaaa}`), `:context`
   (`domain:` and `max_nodes:`, for the wording of rejections), `:meta` (libcluster's initial
   meta, a `MapSet`), `:max_retries` (default 16), `:prune` (default `true`), `:prune_grace`
-  (ms, default 0) and `:connect_log` (the level of the line for each connect and disconnect
+  (ms, default 0), `:source_grace` (ms a failing source keeps its list while others answer,
+  default 50_000) and `:connect_log` (the level of the line for each connect and disconnect
   that succeeded, or `false`; default `:info`).
   """
   @spec new(keyword()) :: t()
   def new(opts) do
-    meta = Keyword.get(opts, :meta) || MapSet.new()
-
     sources =
-      case Keyword.get(opts, :sources) do
-        nil -> [{Keyword.fetch!(opts, :query), :srv}]
-        sources -> for %{name: name, type: type} <- sources, do: {name, type}
+      case Keyword.fetch(opts, :sources) do
+        {:ok, sources} -> for %{name: name, type: type} <- sources, do: {name, type}
+        :error -> [{Keyword.fetch!(opts, :query), :srv}]
       end
 
-    opts = Keyword.put_new_lazy(opts, :query, fn -> elem(hd(sources), 0) end)
-    per_source = Map.new(sources, &{&1, %{listed: MapSet.new(), failure: nil, failures: 0}})
+    fields =
+      opts
+      |> Keyword.drop([:query, :sources, :meta])
+      |> Keyword.merge(
+        sources: sources,
+        per_source: Map.new(sources, &{&1, @fresh}),
+        meta: Keyword.get(opts, :meta) || MapSet.new()
+      )
 
-    struct!(
-      __MODULE__,
-      Keyword.merge(opts, meta: meta, sources: sources, per_source: per_source)
-    )
+    struct!(__MODULE__, fields)
   end
 
   @doc """
-  What a lookup's result counts as: `:ok`, or the failure it is. An answer with no valid name
-  is a failure, `:no_valid_names`.
+  What a poll's results count as: `:ok` when a source named at least one valid node, or the
+  failure it is (the first source's). An answer with no valid name is `:no_valid_names`.
 
       iex> ClusterSRV.Membership.outcome({:ok, %{nodes: [], rejected: [{"a_b.svc", :invalid_hostname}]}})
       {:error, :no_valid_names}
   """
-  @spec outcome(lookup_result() | [{term(), lookup_result()}]) :: :ok | {:error, term()}
-  def outcome([{_source, _result} | _] = results) do
-    outcomes = for {_source, result} <- results, do: outcome(result)
-    if :ok in outcomes, do: :ok, else: hd(outcomes)
+  @spec outcome(lookup_result() | [{source(), lookup_result()}]) :: :ok | {:error, term()}
+  def outcome([{_source, _result} | _] = results), do: round_outcome(classify(results))
+  def outcome(result), do: round_outcome([{nil, class(result, false)}])
+
+  defp round_outcome(classes) do
+    if names_anyone?(classes) do
+      :ok
+    else
+      [{_source, class} | _] = classes
+      {:error, reason(class)}
+    end
   end
 
-  def outcome({:ok, %{nodes: []}}), do: {:error, :no_valid_names}
-  def outcome({:ok, %{nodes: [_ | _]}}), do: :ok
-  def outcome({:error, reason}), do: {:error, reason}
+  defp names_anyone?(classes) do
+    Enum.any?(classes, fn
+      {_source, {:listed, _nodes}} -> true
+      {_source, {:partial, [_ | _], _reason}} -> true
+      _other -> false
+    end)
+  end
+
+  defp reason({:empty, reason}), do: reason
+  defp reason({:failed, reason}), do: reason
+  defp reason({:partial, _nodes, reason}), do: reason
+
+  # Each source's result as the rules count it (see the moduledoc): {:listed, nodes},
+  # {:empty, why}, {:partial, nodes, why} or {:failed, why}.
+  defp classify(results) do
+    answered =
+      for {{name, _type}, result} <- results, answered?(result), into: MapSet.new(), do: name
+
+    for {{name, _type} = source, result} <- results,
+        do: {source, class(result, MapSet.member?(answered, name))}
+  end
+
+  # Whether the server said the name exists (NOERROR), whatever it held.
+  defp answered?({:ok, _answer}), do: true
+  defp answered?({:error, :no_records}), do: true
+  defp answered?(_failed), do: false
+
+  defp class({:ok, %{nodes: nodes} = answer}, _name_answered?) do
+    case {Map.get(answer, :unresolved, []), nodes} do
+      {[], []} -> {:empty, :no_valid_names}
+      {[], nodes} -> {:listed, nodes}
+      {unresolved, nodes} -> {:partial, nodes, {:unresolved, unresolved}}
+    end
+  end
+
+  defp class({:error, :no_records}, _name_answered?), do: {:empty, :no_records}
+  defp class({:error, :nxdomain}, false), do: {:empty, :nxdomain}
+  defp class({:error, reason}, _name_answered?), do: {:failed, reason}
 
   @doc """
-  A lookup ended at `now` (monotonic ms, the caller's clock), and `list_nodes` shows
+  A poll ended at `now` (monotonic ms, the caller's clock), and `list_nodes` shows
   `connected`. `results` has a result per source, `[{{name, type}, result}]`; a single result
-  stands for the only source's.
-
-  With several sources, a source that fails keeps what it listed last: a node is disconnected
-  only when every source that listed it has succeeded without it. A source that answers
-  NXDOMAIN or "no records" while another source for the same name succeeds (a name with A
-  records and no AAAA ones) is not warned about.
+  stands for the only source's. How each result counts is in the moduledoc.
   """
-  @spec lookup_done(
-          t(),
-          lookup_result() | [{{String.t(), atom()}, lookup_result()}],
-          [node()],
-          integer()
-        ) ::
+  @spec lookup_done(t(), lookup_result() | [{source(), lookup_result()}], [node()], integer()) ::
           {t(), [action()]}
   def lookup_done(state, {kind, _} = result, connected, now) when kind in [:ok, :error],
     do: lookup_done(state, [{hd(state.sources), result}], connected, now)
 
   def lookup_done(state, results, connected, now) when is_list(results) do
-    {state, logged} = rejections(state, results)
-    answered = for {{name, _type}, result} <- results, outcome(result) == :ok, do: name
+    {state, rejected} = rejections(state, results)
+    classes = classify(results)
 
-    {state, per_source} =
-      Enum.reduce(results, {state, []}, fn {source, result}, {state, logs} ->
-        {state, more} = source_done(state, source, result, answered)
-        {state, logs ++ more}
-      end)
-
-    {state, actions} =
-      case answered do
-        [] ->
-          [{_source, result} | _] = results
-          {:error, reason} = outcome(result)
-          {%{state | failure: reason, failures: state.failures + 1}, []}
-
-        _some ->
-          {nodes, listed} = round_nodes(state, results)
-
-          state = %{state | failure: nil, failures: 0}
-          {state, listing} = self_listing(state, nodes)
-          {state, changes} = apply_answer(state, nodes, listed, MapSet.new(connected), now)
-          {state, listing ++ changes}
-      end
-
-    {state, logged ++ per_source ++ actions}
-  end
-
-  # The nodes of this round, as a list and as a set: those of its successful answers, in their
-  # order, then those the sources that failed listed last (sorted), each once. One answer's
-  # nodes are distinct already, and source_done/4 made their set: a round with one source that
-  # answered needs neither again.
-  defp round_nodes(state, [{source, {:ok, %{nodes: nodes}}}]),
-    do: {nodes, state.per_source[source].listed}
-
-  defp round_nodes(state, results) do
-    kept =
-      for {source, result} <- results,
-          outcome(result) != :ok,
-          node <- state.per_source[source].listed |> MapSet.to_list() |> Enum.sort(),
-          do: node
-
-    nodes = Enum.uniq(answered_nodes(results) ++ kept)
-    {nodes, MapSet.new(nodes)}
-  end
-
-  defp answered_nodes(results) do
-    for {_source, {:ok, %{nodes: nodes}}} <- results, node <- nodes, do: node
-  end
-
-  # One source's result: a success replaces what it lists and ends its failure; a failure keeps
-  # what it listed, and is warned about when it starts or changes kind.
-  defp source_done(state, source, result, answered) do
-    known = state.per_source[source]
-
-    case outcome(result) do
-      :ok ->
-        {:ok, %{nodes: nodes}} = result
-        logs = if known.failure, do: [recovery(state, source, known)], else: []
-        entry = %{listed: MapSet.new(nodes), failure: nil, failures: 0}
-        {put_in(state.per_source[source], entry), logs}
-
-      {:error, reason} ->
-        {name, _type} = source
-        benign? = reason in [:nxdomain, :no_records] and name in answered
-
-        log =
-          cond do
-            benign? ->
-              {:log, :debug, fn -> "#{label(source)}: #{Reasons.describe_failure(reason)}" end}
-
-            known.failure == nil or Reasons.kind(known.failure) != Reasons.kind(reason) ->
-              {:log, :warning,
-               "lookup of #{label(source)} failed: #{Reasons.describe_failure(reason)}; " <>
-                 "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"}
-
-            true ->
-              {:log, :debug,
-               fn ->
-                 "lookup of #{label(source)} still failing: #{Reasons.describe_failure(reason)}"
-               end}
-          end
-
-        entry = %{
-          known
-          | failure: if(benign?, do: known.failure, else: reason),
-            failures: known.failures + 1
-        }
-
-        {put_in(state.per_source[source], entry), [log]}
+    if names_anyone?(classes) do
+      {state, logs} = reduce_sources(classes, state, &source_answered(&1, &2, &3, now))
+      {nodes, listed} = round_nodes(state, classes)
+      {state, listing} = self_listing(state, listed)
+      {state, changes} = apply_answer(state, nodes, listed, MapSet.new(connected), now)
+      {state, rejected ++ logs ++ listing ++ changes}
+    else
+      {state, logs} = reduce_sources(classes, state, &source_down/3)
+      {state, rejected ++ logs}
     end
   end
 
-  defp recovery(_state, source, known) do
-    {:log, :info,
-     "lookup of #{label(source)} succeeded again after #{known.failures} failed polls"}
+  defp reduce_sources(classes, state, fun) do
+    Enum.reduce(classes, {state, []}, fn {source, class}, {state, logs} ->
+      {state, more} = fun.(state, source, class)
+      {state, logs ++ more}
+    end)
   end
+
+  # A poll in which no source named anyone: each source counts a failed poll, keeps what it
+  # listed, and the clock of its failure while others answer starts over.
+  defp source_down(state, source, class) do
+    known = state.per_source[source]
+    reason = reason(class)
+
+    log =
+      failure_log(known, source, reason, fn ->
+        "keeping the #{MapSet.size(state.meta)} known nodes until a lookup succeeds"
+      end)
+
+    entry = %{known | failure: reason, failures: known.failures + 1, since: nil}
+    {put_in(state.per_source[source], entry), [log]}
+  end
+
+  # A poll in which some source named someone: each source's result counts as the moduledoc
+  # says.
+  defp source_answered(state, source, {:listed, nodes}, _now),
+    do: source_lists(state, source, MapSet.new(nodes), [])
+
+  defp source_answered(state, source, {:empty, reason}, _now) do
+    debug = {:log, :debug, fn -> "#{label(source)}: #{Reasons.describe_failure(reason)}" end}
+    source_lists(state, source, MapSet.new(), [debug])
+  end
+
+  defp source_answered(state, source, {:failed, reason}, now),
+    do: source_failing(state, source, reason, [], now)
+
+  defp source_answered(state, source, {:partial, nodes, reason}, now),
+    do: source_failing(state, source, reason, nodes, now)
+
+  defp source_lists(state, source, listed, logs) do
+    known = state.per_source[source]
+
+    logs =
+      if known.failure,
+        do: [
+          {:log, :info,
+           "lookup of #{label(source)} succeeded again after #{known.failures} failed polls"}
+          | logs
+        ],
+        else: logs
+
+    {put_in(state.per_source[source], %{@fresh | listed: listed}), logs}
+  end
+
+  # A failed or partial source while others answer: it keeps what it listed (a partial one adds
+  # what it named) for source_grace at most, then lists only what it named.
+  defp source_failing(state, source, reason, named, now) do
+    known = state.per_source[source]
+    since = known.since || now
+
+    listed =
+      if now - since >= state.source_grace,
+        do: MapSet.new(named),
+        else: MapSet.union(known.listed, MapSet.new(named))
+
+    dropped = MapSet.size(MapSet.difference(known.listed, listed))
+
+    expired =
+      if dropped > 0,
+        do: [
+          {:log, :warning,
+           "lookup of #{label(source)} has failed for #{now - since} ms while the other " <>
+             "queries answer: it no longer keeps #{dropped} node(s) it listed before"}
+        ],
+        else: []
+
+    log =
+      failure_log(known, source, reason, fn ->
+        "keeping the #{MapSet.size(known.listed)} nodes it listed for up to " <>
+          "#{state.source_grace} ms while the other queries answer"
+      end)
+
+    entry = %{listed: listed, failure: reason, failures: known.failures + 1, since: since}
+    {put_in(state.per_source[source], entry), [log | expired]}
+  end
+
+  # A failure is warned about when it starts and when its kind changes, else logged at debug.
+  defp failure_log(known, source, reason, keeping) do
+    if known.failure == nil or Reasons.kind(known.failure) != Reasons.kind(reason) do
+      {:log, :warning,
+       "lookup of #{label(source)} failed: #{Reasons.describe_failure(reason)}; #{keeping.()}"}
+    else
+      {:log, :debug,
+       fn -> "lookup of #{label(source)} still failing: #{Reasons.describe_failure(reason)}" end}
+    end
+  end
+
+  # The nodes of this poll, as a list and as a set: those its answers named, in their order,
+  # then those the failing sources keep (sorted), each once. One answer's nodes are distinct
+  # already, and source_lists/4 made their set: a poll with one source that listed needs
+  # neither again.
+  defp round_nodes(state, [{source, {:listed, nodes}}]),
+    do: {nodes, state.per_source[source].listed}
+
+  defp round_nodes(state, classes) do
+    named = Enum.flat_map(classes, fn {_source, class} -> named(class) end)
+
+    kept =
+      for {source, class} <- classes,
+          kept?(class),
+          node <- state.per_source[source].listed |> MapSet.to_list() |> Enum.sort(),
+          do: node
+
+    nodes = Enum.uniq(named ++ kept)
+    {nodes, MapSet.new(nodes)}
+  end
+
+  defp named({:listed, nodes}), do: nodes
+  defp named({:partial, nodes, _reason}), do: nodes
+  defp named(_class), do: []
+
+  defp kept?({:failed, _reason}), do: true
+  defp kept?({:partial, _nodes, _reason}), do: true
+  defp kept?(_class), do: false
 
   # A source as the logs name it: its name, and its type unless SRV.
   defp label({name, :srv}), do: name
@@ -323,11 +429,12 @@ defmodule ClusterSRV.Membership do
 
   @doc """
   The strategy of `node` said at `now` that it is leaving (its node shuts down): it is not
-  connected again while DNS still lists it, for at most 30 s.
+  connected again while DNS still lists it, until it was seen disconnected and then connected
+  again on its own, or for at most 30 s.
   """
   @spec peer_leaving(t(), node(), integer()) :: {t(), [action()]}
   def peer_leaving(state, node, now) do
-    {%{state | peers_leaving: Map.put(state.peers_leaving, node, now)},
+    {%{state | peers_leaving: Map.put(state.peers_leaving, node, {now, false})},
      [
        {:log, :info,
         "#{inspect(node)} is leaving (its node is shutting down): not connecting it again " <>
@@ -348,7 +455,11 @@ defmodule ClusterSRV.Membership do
     {state, actions ++ started}
   end
 
-  # -- A successful answer ------------------------------------------------------------------------
+  @doc "Whether this node is leaving: DNS listed it, and the latest poll that named anyone did not."
+  @spec leaving?(t()) :: boolean()
+  def leaving?(state), do: state.was_listed and state.self_listed == false
+
+  # -- A poll that named someone --------------------------------------------------------------------
 
   defp apply_answer(state, nodes, listed, connected, now) do
     me = state.self
@@ -392,14 +503,10 @@ defmodule ClusterSRV.Membership do
 
     # A leaving node (its pod terminating) starts no new connects, and a peer that said it is
     # leaving is not connected again while its mark holds.
-    peers_leaving =
-      Map.filter(state.peers_leaving, fn {node, since} ->
-        MapSet.member?(listed, node) and not MapSet.member?(connected, node) and
-          now - since < @leaving_for
-      end)
+    peers_leaving = peers_still_leaving(state.peers_leaving, listed, connected, now)
 
     to_connect =
-      if state.leaving,
+      if leaving?(state),
         do: [],
         else: Enum.reject(to_connect, &Map.has_key?(peers_leaving, &1))
 
@@ -443,6 +550,20 @@ defmodule ClusterSRV.Membership do
        removal_events ++
        Enum.map(to_disconnect, &{:disconnect, &1}) ++
        Enum.map(fresh, &{:connect, &1}) ++ started}
+  end
+
+  # A peer's mark holds while DNS lists it, for 30 s at most, and until it has been seen
+  # disconnected (it was still connected when it said it was leaving) and then connected again:
+  # it came back on its own, as a pod recreated under its name does.
+  defp peers_still_leaving(marks, listed, connected, now) do
+    Enum.reduce(marks, %{}, fn {node, {since, seen_gone?}}, kept ->
+      connected? = MapSet.member?(connected, node)
+
+      if now - since < @leaving_for and MapSet.member?(listed, node) and
+           not (seen_gone? and connected?),
+         do: Map.put(kept, node, {since, seen_gone? or not connected?}),
+         else: kept
+    end)
   end
 
   # Which dropped nodes are disconnected now, and which are kept: with prune: false all of
@@ -489,8 +610,9 @@ defmodule ClusterSRV.Membership do
 
   # Starts queued retries while fewer than max_retries run; drops those whose node the latest
   # answer no longer lists.
-  defp dispatch(%{leaving: true} = state), do: {state, []}
-  defp dispatch(state), do: dispatch(state, running_retries(state), [])
+  defp dispatch(state) do
+    if leaving?(state), do: {state, []}, else: dispatch(state, running_retries(state), [])
+  end
 
   defp dispatch(state, running, started) when running >= state.max_retries,
     do: {state, Enum.reverse(started)}
@@ -610,30 +732,26 @@ defmodule ClusterSRV.Membership do
   # A pod whose name DNS listed and no longer lists is terminating: it starts no new connects.
   # A node whose name the answers never list is misnamed, or DNS is: after a few answers it is
   # checked (the :self_check action; see self_check_done/2).
-  defp self_listing(state, nodes) do
+  defp self_listing(state, listed) do
     cond do
-      state.self in nodes ->
+      MapSet.member?(listed, state.self) ->
         logs =
-          if(state.leaving,
-            do: [{:log, :info, "this node is listed again: connecting as before"}],
-            else: []
-          ) ++
-            if state.self_warned != nil,
-              do: [{:log, :info, "this node is listed now, as #{inspect(state.self)}"}],
-              else: []
+          cond do
+            leaving?(state) ->
+              [{:log, :info, "this node is listed again: connecting as before"}]
 
-        {%{
-           state
-           | self_listed: true,
-             was_listed: true,
-             leaving: false,
-             self_misses: 0,
-             self_warned: nil
-         }, logs}
+            not state.was_listed and state.self_misses >= @self_check_after ->
+              [{:log, :info, "this node is listed now, as #{inspect(state.self)}"}]
+
+            true ->
+              []
+          end
+
+        {%{state | self_listed: true, was_listed: true, self_misses: 0}, logs}
 
       state.was_listed ->
         logs =
-          if state.leaving,
+          if leaving?(state),
             do: [],
             else: [
               {:log, :info,
@@ -641,7 +759,7 @@ defmodule ClusterSRV.Membership do
                  "it starts no new connects"}
             ]
 
-        {%{state | self_listed: false, leaving: true}, logs}
+        {%{state | self_listed: false}, logs}
 
       true ->
         misses = state.self_misses + 1
@@ -653,35 +771,48 @@ defmodule ClusterSRV.Membership do
   end
 
   @doc """
-  The self-check found `causes` for this node's name missing from the answers: each a map with
-  `:cause` (an atom), `:message` and `:dialed` (what the others dial for this pod, or `nil`).
-  Each cause is warned about once, until the node is listed.
+  The self-check ended: `{:ok, causes}`, the causes it found for this node's name missing from
+  the answers, each a map with `:cause` (an atom), `:message` and `:dialed` (what the others
+  dial for this pod, or `nil`), each warned about; or `{:error, reason}` when it could not
+  look up (its lookup failed, or its process died), in which case it runs again after 3 more
+  answers without this node. Nothing is said once the node is listed.
   """
-  @spec self_check_done(t(), [%{cause: atom(), message: String.t(), dialed: String.t() | nil}]) ::
-          {t(), [action()]}
-  def self_check_done(%{self_listed: true} = state, _causes), do: {state, []}
+  @spec self_check_done(
+          t(),
+          {:ok, [%{cause: atom(), message: String.t(), dialed: String.t() | nil}]}
+          | {:error, term()}
+        ) :: {t(), [action()]}
+  def self_check_done(%{self_listed: true} = state, _result), do: {state, []}
 
-  def self_check_done(state, causes) do
-    warned = state.self_warned || MapSet.new()
-
+  def self_check_done(state, {:ok, causes}) do
     actions =
-      for %{cause: cause} = found <- causes, not MapSet.member?(warned, cause) do
+      for found <- causes do
         [
           {:log, :warning, found.message},
           {:emit, [:cluster_srv, :self_check], %{misses: state.self_misses},
-           %{node: state.self, cause: cause, dialed: found.dialed}}
+           %{node: state.self, cause: found.cause, dialed: found.dialed}}
         ]
       end
 
-    {%{state | self_warned: MapSet.union(warned, MapSet.new(causes, & &1.cause))},
-     List.flatten(actions)}
+    {state, List.flatten(actions)}
+  end
+
+  def self_check_done(state, {:error, reason}) do
+    {%{state | self_misses: 0},
+     [
+       {:log, :warning,
+        "this node (#{inspect(state.self)}) is not listed, and the check of why could not " <>
+          "run: #{Reasons.describe_failure(reason)}; it runs again after " <>
+          "#{@self_check_after} more answers without this node"}
+     ]}
   end
 
   @doc """
   What the rules know, for `ClusterSRV.status/1`: `listed`, `connecting`, `unreachable` (each
   node with why), `pending_removals` (each node with the monotonic time, in ms, from which the
-  next successful answer that still misses it disconnects it), `self_listed`, `leaving` and
-  `failures`.
+  next successful answer that still misses it disconnects it), `self_listed`, `leaving`,
+  `failures` (polls in a row in which every source failed) and `failing` (each source that
+  fails now, `{name, type}`, with why).
   """
   @spec status(t()) :: map()
   def status(state) do
@@ -695,8 +826,15 @@ defmodule ClusterSRV.Membership do
           else: %{}
         ),
       self_listed: state.self_listed,
-      leaving: state.leaving,
-      failures: state.failures
+      leaving: leaving?(state),
+      failures: state.per_source |> Map.values() |> Enum.map(& &1.failures) |> Enum.min(),
+      failing:
+        for(
+          {source, %{failure: why}} <- state.per_source,
+          why != nil,
+          into: %{},
+          do: {source, why}
+        )
     }
   end
 

@@ -77,7 +77,7 @@ defmodule ClusterSRV.MembershipTest do
         end)
 
       assert length(warnings) == 3
-      assert state.failures == 5
+      assert Membership.status(state).failures == 5
       {state, actions} = done(state, answer([n(1)]), [])
       assert logs(actions, :info) == ["lookup of svc. succeeded again after 5 failed polls"]
       {_state, actions} = done(state, answer([n(1)]), [])
@@ -208,12 +208,12 @@ defmodule ClusterSRV.MembershipTest do
     test "when it drops out of DNS after being listed, the node leaves: no new connects" do
       {state, _} = done(new(), answer([@me, n(1)]), [], 0)
       {state, actions} = done(state, answer([n(1), n(2)]), [], 1_000)
-      assert state.leaving
+      assert Membership.leaving?(state)
       assert jobs(actions) == []
       assert [_] = logs(actions, :info)
       # Listed again: it connects as before.
       {state, actions} = done(state, answer([@me, n(1), n(2)]), [], 2_000)
-      refute state.leaving
+      refute Membership.leaving?(state)
       assert {:connect, n(2)} in jobs(actions)
     end
 
@@ -240,16 +240,44 @@ defmodule ClusterSRV.MembershipTest do
         %{cause: :short_names, message: "s", dialed: nil}
       ]
 
-      {state, actions} = Membership.self_check_done(state, causes)
+      {state, actions} = Membership.self_check_done(state, {:ok, causes})
       assert logs(actions, :warning) == ["m", "s"]
       assert [_, _] = for({:emit, [:cluster_srv, :self_check], _, _} = e <- actions, do: e)
-      # The same causes again: no second warning.
-      {state, actions} = Membership.self_check_done(state, causes)
-      assert actions == []
+      # More answers without it: the check is not run again.
+      {state, actions} = done(state, answer([n(1)]), [], 0)
+      refute :self_check in actions
       # Listed at last: one line says so, and the check starts over.
       {state, actions} = done(state, answer([@me, n(1)]), [], 0)
       assert logs(actions, :info) == ["this node is listed now, as #{inspect(@me)}"]
-      assert state.self_warned == nil and state.self_misses == 0
+      assert state.self_misses == 0
+    end
+
+    test "a self-check that could not run runs again after 3 more answers without this node" do
+      {state, checks} =
+        Enum.reduce(1..3, {new(), []}, fn _, {state, checks} ->
+          {state, actions} = done(state, answer([n(1)]), [], 0)
+          {state, checks ++ for(:self_check <- actions, do: :self_check)}
+        end)
+
+      assert checks == [:self_check]
+
+      {state, actions} =
+        Membership.self_check_done(state, {:error, {:self_check_crashed, :killed}})
+
+      assert [warning] = logs(actions, :warning)
+      assert warning =~ "could not run"
+      assert warning =~ ":killed"
+
+      actions = Enum.flat_map(1..3, fn _ -> elem(done(state, answer([n(1)]), [], 0), 1) end)
+      assert :self_check not in actions
+
+      {_state, actions} =
+        Enum.reduce(1..3, {state, []}, fn _, {state, acc} ->
+          {state, actions} = done(state, answer([n(1)]), [], 0)
+          {state, acc ++ actions}
+        end)
+
+      assert Enum.count(actions, &(&1 == :self_check)) == 1
     end
 
     test "a node that is not distributed is never checked" do
@@ -281,23 +309,111 @@ defmodule ClusterSRV.MembershipTest do
       assert {:disconnect, n(2)} in jobs(actions)
     end
 
-    test "NXDOMAIN of one type is quiet while another type of the same name answers" do
-      sources = [%{name: "svc.", type: :a}, %{name: "svc.", type: :aaaa}]
+    @v4 {"svc.", :a}
+    @v6 {"svc.", :aaaa}
 
-      {_state, actions} =
-        done(
-          new(sources: sources),
-          [{{"svc.", :a}, answer([n(1)])}, {{"svc.", :aaaa}, {:error, :no_records}}],
-          []
-        )
+    defp dual(opts \\ []),
+      do: new([sources: [%{name: "svc.", type: :a}, %{name: "svc.", type: :aaaa}]] ++ opts)
 
+    test "no records for one type replaces what it listed, quietly, while another type answers" do
+      {state, _} = done(dual(), [{@v4, answer([n(1)])}, {@v6, answer([n(2)])}], [])
+      state = connect_all(state, [n(1), n(2)])
+
+      # n(2)'s AAAA record is deleted; the name keeps its A records.
+      {state, actions} =
+        done(state, [{@v4, answer([n(1)])}, {@v6, {:error, :no_records}}], [n(1), n(2)])
+
+      assert jobs(actions) == [{:disconnect, n(2)}]
       assert logs(actions, :warning) == []
+      assert state.listed == MapSet.new([n(1)])
+
+      # And it stays dropped: nothing keeps an old list alive.
+      {_state, actions} =
+        done(state, [{@v4, answer([n(1)])}, {@v6, {:error, :no_records}}], [n(1)])
+
+      assert jobs(actions) == []
+    end
+
+    test "an answer with no valid name replaces what its source listed, while another answers" do
+      {state, _} = done(two(), [{@a, answer([n(1)])}, {@b, answer([n(2)])}], [])
+      state = connect_all(state, [n(1), n(2)])
+      bad = answer([], [{"x_y.other.", :invalid_hostname}])
+      {_state, actions} = done(state, [{@a, answer([n(1)])}, {@b, bad}], [n(1), n(2)])
+      assert jobs(actions) == [{:disconnect, n(2)}]
+    end
+
+    test "NXDOMAIN for a name none of whose types answered replaces its lists" do
+      {state, _} = done(two(), [{@a, answer([n(1)])}, {@b, answer([n(2)])}], [])
+      state = connect_all(state, [n(1), n(2)])
+
+      {state, actions} =
+        done(state, [{@a, answer([n(1)])}, {@b, {:error, :nxdomain}}], [n(1), n(2)])
+
+      assert jobs(actions) == [{:disconnect, n(2)}]
+      assert Membership.status(state).failing == %{}
+    end
+
+    test "NXDOMAIN for one type of a name whose other type answered is a failure, not a removal" do
+      {state, _} = done(dual(), [{@v4, answer([n(1)])}, {@v6, answer([n(2)])}], [])
+      state = connect_all(state, [n(1), n(2)])
+
+      {state, actions} =
+        done(state, [{@v4, answer([n(1)])}, {@v6, {:error, :nxdomain}}], [n(1), n(2)])
+
+      assert jobs(actions) == []
+      assert [warning] = logs(actions, :warning)
+      assert warning =~ "lookup of svc. (AAAA) failed: the name does not exist"
+      assert Membership.status(state).failing == %{@v6 => :nxdomain}
+    end
+
+    test "a poll in which every source says no one is there changes nothing" do
+      {state, _} = done(dual(), [{@v4, answer([n(1)])}, {@v6, answer([n(2)])}], [])
+      state = connect_all(state, [n(1), n(2)])
+
+      {after_poll, actions} =
+        done(state, [{@v4, {:error, :nxdomain}}, {@v6, {:error, :nxdomain}}], [n(1), n(2)])
+
+      assert jobs(actions) == []
+      assert after_poll.listed == state.listed
+      assert after_poll.per_source[@v6].listed == MapSet.new([n(2)])
+    end
+
+    test "a source that keeps failing keeps its list for source_grace at most, then drops it" do
+      state = two(source_grace: 10_000)
+      {state, _} = done(state, [{@a, answer([n(1)])}, {@b, answer([n(2)])}], [], 0)
+      state = connect_all(state, [n(1), n(2)])
+      failing = [{@a, answer([n(1)])}, {@b, {:error, :servfail}}]
+
+      {state, actions} = done(state, failing, [n(1), n(2)], 1_000)
+      assert jobs(actions) == []
+      assert [warning] = logs(actions, :warning)
+      assert warning =~ "keeping the 1 nodes it listed for up to 10000 ms"
+
+      # A whole outage meanwhile changes nothing, and does not count towards the grace.
+      {state, actions} =
+        done(state, [{@a, {:error, :timeout}}, {@b, {:error, :timeout}}], [n(1), n(2)], 6_000)
+
+      assert jobs(actions) == []
+      {state, actions} = done(state, failing, [n(1), n(2)], 7_000)
+      assert jobs(actions) == []
+      {state, actions} = done(state, failing, [n(1), n(2)], 16_999)
+      assert jobs(actions) == []
+
+      {state, actions} = done(state, failing, [n(1), n(2)], 17_000)
+      assert jobs(actions) == [{:disconnect, n(2)}]
+      assert Enum.any?(logs(actions, :warning), &(&1 =~ "no longer keeps 1 node(s)"))
+
+      # Once it answers again, what it lists counts at once.
+      {_state, actions} =
+        done(state, [{@a, answer([n(1)])}, {@b, answer([n(3)])}], [n(1)], 18_000)
+
+      assert jobs(actions) == [{:connect, n(3)}]
     end
 
     test "a failure of every source is one failed poll; each source warns for itself" do
       {state, actions} = done(two(), [{@a, {:error, :servfail}}, {@b, {:error, :timeout}}], [])
       assert length(logs(actions, :warning)) == 2
-      assert state.failures == 1
+      assert Membership.status(state).failures == 1
       assert Enum.any?(logs(actions, :warning), &(&1 =~ "lookup of other. (A) failed"))
     end
 
@@ -317,9 +433,13 @@ defmodule ClusterSRV.MembershipTest do
 
             {state, actions} = done(state, results, MapSet.to_list(connected), step * 1_000)
 
+            # A poll that names anyone replaces each answering source's list, an empty answer
+            # included; a poll that names no one changes nothing.
+            names_anyone? = Enum.any?(results, &match?({_, {:ok, %{nodes: [_ | _]}}}, &1))
+
             last =
               Enum.reduce(results, last, fn
-                {source, {:ok, %{nodes: [_ | _] = nodes}}}, last ->
+                {source, {:ok, %{nodes: nodes}}}, last when names_anyone? ->
                   Map.put(last, source, MapSet.new(nodes))
 
                 _, last ->
@@ -357,6 +477,102 @@ defmodule ClusterSRV.MembershipTest do
       Enum.reduce(nodes, state, fn node, state ->
         elem(Membership.job_done(state, :connect, node, {:returned, true, 1}), 0)
       end)
+    end
+  end
+
+  describe "answers some of whose targets could not be resolved (partial)" do
+    defp partial(nodes, targets),
+      do: {:ok, %{nodes: nodes, rejected: [], unresolved: for(t <- targets, do: {t, :timeout})}}
+
+    test "add what they name and drop no one, until a whole answer comes" do
+      {state, _} = done(new(), answer([n(1), n(2)]), [], 0)
+      state = connect_all(state, [n(1), n(2)])
+
+      # n(2)'s address lookup timed out: it stays, listed and connected.
+      {state, actions} = done(state, partial([n(1)], ["pod-2.svc"]), [n(1), n(2)], 1_000)
+      assert jobs(actions) == []
+      assert MapSet.member?(state.listed, n(2))
+      assert [warning] = logs(actions, :warning)
+      assert warning =~ "the address of 1 SRV target(s) could not be looked up"
+
+      # A new pod it could resolve is connected meanwhile.
+      {state, actions} = done(state, partial([n(1), n(3)], ["pod-2.svc"]), [n(1), n(2)], 2_000)
+      assert jobs(actions) == [{:connect, n(3)}]
+      state = connect_all(state, [n(3)])
+
+      # A whole answer without n(2) removes it.
+      {_state, actions} = done(state, answer([n(1), n(3)]), [n(1), n(2), n(3)], 3_000)
+      assert jobs(actions) == [{:disconnect, n(2)}]
+    end
+
+    test "this node's own target unresolved does not make it leave" do
+      {state, _} = done(new(), answer([@me, n(1)]), [], 0)
+      {state, actions} = done(state, partial([n(1)], ["me.svc"]), [n(1)], 1_000)
+      refute Membership.leaving?(state)
+      assert logs(actions, :info) == []
+    end
+
+    test "a partial answer that names no one changes nothing" do
+      {state, _} = done(new(), answer([n(1), n(2)]), [], 0)
+      state = connect_all(state, [n(1), n(2)])
+      {after_poll, actions} = done(state, partial([], ["pod-1.svc"]), [n(1), n(2)], 1_000)
+      assert jobs(actions) == []
+      assert after_poll.listed == state.listed
+    end
+
+    test "after source_grace of partial answers, what they name is what counts" do
+      {state, _} = done(new(source_grace: 5_000), answer([n(1), n(2)]), [], 0)
+      state = connect_all(state, [n(1), n(2)])
+      {state, actions} = done(state, partial([n(1)], ["pod-2.svc"]), [n(1), n(2)], 1_000)
+      assert jobs(actions) == []
+      {_state, actions} = done(state, partial([n(1)], ["pod-2.svc"]), [n(1), n(2)], 6_000)
+      assert jobs(actions) == [{:disconnect, n(2)}]
+    end
+  end
+
+  describe "a peer that said it is leaving" do
+    defp leaving_peer(now) do
+      {state, _} = done(new(), answer([@me, n(1), n(2)]), [], 0)
+      state = connect_all(state, [n(1), n(2)])
+      {state, [_log]} = Membership.peer_leaving(state, n(2), now)
+      state
+    end
+
+    test "is not connected again while still connected when the next poll lands" do
+      state = leaving_peer(1_000)
+      # The poll lands before n(2) has disconnected: its mark must hold.
+      {state, actions} = done(state, answer([@me, n(1), n(2)]), [n(1), n(2)], 1_100)
+      assert jobs(actions) == []
+      assert Map.has_key?(state.peers_leaving, n(2))
+      # It disconnects; DNS still lists it (a terminating pod stays listed): no connect.
+      {_state, actions} = done(state, answer([@me, n(1), n(2)]), [n(1)], 2_000)
+      assert jobs(actions) == []
+    end
+
+    test "is connected again once its 30 s are up, and not before" do
+      state = leaving_peer(1_000)
+      {state, _} = done(state, answer([@me, n(1), n(2)]), [n(1)], 2_000)
+      {state, actions} = done(state, answer([@me, n(1), n(2)]), [n(1)], 30_999)
+      assert jobs(actions) == []
+      {_state, actions} = done(state, answer([@me, n(1), n(2)]), [n(1)], 31_000)
+      assert jobs(actions) == [{:connect, n(2)}]
+    end
+
+    test "loses its mark once it was seen gone and then connected again on its own" do
+      state = leaving_peer(1_000)
+      {state, _} = done(state, answer([@me, n(1), n(2)]), [n(1)], 2_000)
+      # Its pod came back under the same name and connected to us itself.
+      {state, _} = done(state, answer([@me, n(1), n(2)]), [n(1), n(2)], 3_000)
+      assert state.peers_leaving == %{}
+      # Should it drop out again, it is connected as any listed node.
+      {_state, actions} = done(state, answer([@me, n(1), n(2)]), [n(1)], 4_000)
+      assert jobs(actions) == [{:connect, n(2)}]
+    end
+
+    test "loses its mark when DNS drops it" do
+      state = leaving_peer(1_000)
+      {state, _} = done(state, answer([@me, n(1)]), [n(1), n(2)], 2_000)
+      assert state.peers_leaving == %{}
     end
   end
 
@@ -516,7 +732,7 @@ defmodule ClusterSRV.MembershipTest do
 
     for {:connect, started} <- jobs(actions) do
       assert MapSet.member?(world.listed, started), "#{context}: retried #{started}, not listed"
-      refute state.leaving, "#{context}: a leaving node retried #{started}"
+      refute Membership.leaving?(state), "#{context}: a leaving node retried #{started}"
     end
 
     after_event(world, state, actions, event, context)
@@ -602,7 +818,7 @@ defmodule ClusterSRV.MembershipTest do
     waiting =
       for node <- :queue.to_list(state.retries), MapSet.member?(state.listed, node), do: node
 
-    assert retries == state.max_retries or waiting == [] or state.leaving,
+    assert retries == state.max_retries or waiting == [] or Membership.leaving?(state),
            "#{context}: #{inspect(waiting)} wait while only #{retries} retries run"
 
     # The queue holds exactly the retries that wait, each once.
