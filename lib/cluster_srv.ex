@@ -150,7 +150,8 @@ defmodule ClusterSRV do
       disconnects it;
     * `:self_listed` - whether the latest successful answer listed this node (`nil` before the
       first), and `:leaving` - it was listed, and no longer is;
-    * `:failures` - lookups that failed in a row.
+    * `:failures` - polls in a row in which every query failed;
+    * `:failing` - each query (`{name, type}`) that fails now, with why.
 
   Returns `{:error, :not_found}` when no strategy runs under that name.
 
@@ -198,19 +199,32 @@ defmodule ClusterSRV do
               ":infinity, got: #{inspect(timeout)}. Example: timeout: 30_000"
     end
 
-    deadline = if timeout != :infinity, do: System.monotonic_time(:millisecond) + timeout
-    if Node.alive?(), do: :net_kernel.monitor_nodes(true)
+    # The wait runs in a process of its own: it subscribes to node events, and none of them
+    # may be left in the caller's mailbox (a supervisor's, when ClusterSRV.Await starts).
+    caller = self()
+    ref = make_ref()
 
-    try do
-      await_loop(topology_or_pid, min_nodes, deadline)
-    after
-      if Node.alive?(), do: :net_kernel.monitor_nodes(false)
+    {_pid, monitor} =
+      spawn_monitor(fn ->
+        caller_monitor = Process.monitor(caller)
+        if Node.alive?(), do: :net_kernel.monitor_nodes(true)
+        deadline = if timeout != :infinity, do: System.monotonic_time(:millisecond) + timeout
+        send(caller, {ref, await_loop(topology_or_pid, min_nodes, deadline, caller_monitor)})
+      end)
+
+    receive do
+      {^ref, result} ->
+        Process.demonitor(monitor, [:flush])
+        result
+
+      {:DOWN, ^monitor, :process, _pid, reason} ->
+        exit({reason, {__MODULE__, :await, [topology_or_pid, opts]}})
     end
   end
 
   # Checks again at every node event, and at least every 200 ms: a node another strategy or
-  # OTP's global connected counts as well as one of ours.
-  defp await_loop(topology_or_pid, min_nodes, deadline) do
+  # OTP's global connected counts as well as one of ours. It stops if its caller is gone.
+  defp await_loop(topology_or_pid, min_nodes, deadline, caller_monitor) do
     status = status(topology_or_pid)
 
     cond do
@@ -226,11 +240,12 @@ defmodule ClusterSRV do
 
         receive do
           {event, _node} when event in [:nodeup, :nodedown] -> :ok
+          {:DOWN, ^caller_monitor, :process, _pid, reason} -> exit(reason)
         after
           max(wait, 0) -> :ok
         end
 
-        await_loop(topology_or_pid, min_nodes, deadline)
+        await_loop(topology_or_pid, min_nodes, deadline, caller_monitor)
     end
   end
 

@@ -33,12 +33,13 @@ defmodule ClusterSRV.Lookup do
   alias ClusterSRV.{Config, Record, Resolver}
 
   @enforce_keys [:config]
-  defstruct [:config, :resolver, :running]
+  defstruct [:config, :resolver, :running, native_sources: []]
 
   @type t :: %__MODULE__{
           config: Config.t(),
           resolver: Resolver.t() | nil,
-          running: map() | nil
+          running: map() | nil,
+          native_sources: [tuple()]
         }
 
   @type result ::
@@ -65,7 +66,12 @@ defmodule ClusterSRV.Lookup do
         end
       end
 
-    %__MODULE__{config: config, resolver: resolver}
+    # What the native resolver asks each poll, built once.
+    native_sources =
+      for source <- config.sources,
+          do: {source.name, source.type, source.basename, source.domain, config.node_naming}
+
+    %__MODULE__{config: config, resolver: resolver, native_sources: native_sources}
   end
 
   @doc "Whether a lookup is in flight."
@@ -98,11 +104,7 @@ defmodule ClusterSRV.Lookup do
         {:ok, track(lookup, %{ref: ref, pid: pid, monitor: monitor, started: started}, wait)}
 
       resolver ->
-        sources =
-          for source <- config.sources,
-              do: {source.name, source.type, source.basename, source.domain, config.node_naming}
-
-        case Resolver.async_discover_all(resolver, sources, config.max_nodes) do
+        case Resolver.async_discover_all(resolver, lookup.native_sources, config.max_nodes) do
           {:error, reason} -> {:done, results(config, {:error, reason}), 0, lookup}
           ref -> {:ok, track(lookup, %{ref: ref, pid: nil, monitor: nil, started: started}, wait)}
         end
@@ -326,6 +328,10 @@ defmodule ClusterSRV.Lookup do
     end
   rescue
     exception -> {:error, {:resolver_raised, Exception.message(exception)}}
+  catch
+    # A function that throws or exits fails this lookup only, as one that raises does.
+    :throw, value -> {:error, {:resolver_threw, value}}
+    :exit, reason -> {:error, {:resolver_exited, reason}}
   end
 
   defp ip?({_, _, _, _} = ip, :inet), do: :inet.ntoa(ip) != {:error, :einval}

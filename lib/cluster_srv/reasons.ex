@@ -27,13 +27,34 @@ defmodule ClusterSRV.Reasons do
   @doc "A failed lookup's reason, in words."
   @spec describe_failure(term()) :: String.t()
   def describe_failure(:nxdomain), do: "the name does not exist (NXDOMAIN)"
-  def describe_failure(:no_records), do: "the name has no SRV records"
+  def describe_failure(:no_records), do: "the name has no records of the type asked"
   def describe_failure(:timeout), do: "no answer in time"
   def describe_failure(:servfail), do: "the server answered SERVFAIL"
   def describe_failure(:refused), do: "the server refused the query"
   def describe_failure(:no_valid_names), do: "the answer held no valid node name"
   def describe_failure({:io, message}) when is_binary(message), do: message
   def describe_failure({:invalid_name, name}), do: "not a valid DNS name: #{inspect(name)}"
+
+  def describe_failure({:unresolved, [{target, reason} | _] = targets}) do
+    "the address of #{length(targets)} SRV target(s) could not be looked up (for example " <>
+      "#{inspect(target)}: #{describe_failure(reason)})"
+  end
+
+  def describe_failure({:resolver_raised, message}),
+    do: "the resolver function raised: #{message}"
+
+  def describe_failure({:resolver_threw, value}),
+    do: "the resolver function threw #{inspect(value)}"
+
+  def describe_failure({:resolver_exited, reason}),
+    do: "the resolver function exited: #{inspect(reason)}"
+
+  def describe_failure({:resolver_crashed, reason}),
+    do: "the resolver function's process died: #{inspect(reason)}"
+
+  def describe_failure({:self_check_crashed, reason}),
+    do: "its process died: #{inspect(reason)}"
+
   def describe_failure(other), do: inspect(other)
 
   @doc """

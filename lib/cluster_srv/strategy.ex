@@ -110,11 +110,21 @@ defmodule ClusterSRV.Strategy do
   from successful answers that long (and from at least one of them), so a draining pod is not
   torn down the instant DNS drops it; `prune: false` never disconnects because of DNS, as
   Phoenix's dns_cluster does. When this node's own name was listed and drops out of a
-  successful answer (its pod is terminating), it starts no new connects. On a normal shutdown
-  (the app stopping on SIGTERM) a distributed node leaves: it tells the strategies of its
-  topology on the other nodes, which do not connect it again while DNS still lists it (for at
-  most 30 s), refuses new connections if the whole node is stopping, and disconnects with
-  `:global.disconnect/0`, so that the others do not see an overlapping partition.
+  successful answer (its pod is terminating), it starts no new connects. When the node itself
+  shuts down (SIGTERM in a release), it leaves: it tells the strategies of its topology on the
+  nodes this topology knows, which do not connect it again while DNS still lists it (until it
+  has disconnected and connected again on its own, or for at most 30 s), refuses new
+  connections, and disconnects with `:global.disconnect/0`, so that the others do not see an
+  overlapping partition. A strategy that stops while its node runs on leaves every connection
+  as it is.
+
+  ## Partial faults
+
+  A failed sub-lookup (one query of several, one record type, a target's address with
+  `node_naming: :ip`) or an answer too large for one DNS message is a failure, never a removal:
+  that query keeps what it listed, for 10 polling intervals (or `prune_grace`) at most while
+  the others answer. Only a successful answer that no longer lists a node removes it. See
+  `ClusterSRV.Membership`.
 
   ## The self-check
 
@@ -149,6 +159,10 @@ defmodule ClusterSRV.Strategy do
   use GenServer
 
   require Logger
+
+  # Polling intervals a query that keeps failing keeps what it listed while the other queries
+  # answer (or prune_grace, when longer); see ClusterSRV.Membership.
+  @source_grace_polls 10
 
   alias ClusterSRV.{Config, Connector, Lookup, Membership, Record, SelfCheck, Topology}
 
@@ -238,12 +252,12 @@ defmodule ClusterSRV.Strategy do
       membership:
         Membership.new(
           self: Node.self(),
-          query: config.query,
           sources: config.sources,
           context: [domain: config.domain, max_nodes: config.max_nodes],
           meta: topology.meta,
           prune: config.prune,
           prune_grace: config.prune_grace,
+          source_grace: max(config.prune_grace, @source_grace_polls * config.polling_interval),
           connect_log: config.log
         ),
       telemetry?: telemetry_available?()
@@ -294,10 +308,17 @@ defmodule ClusterSRV.Strategy do
     {:noreply, perform(%{state | membership: membership}, actions)}
   end
 
-  def handle_info({:cluster_srv_self_check, ref, causes}, %{self_check: {ref, _pid}} = state) do
-    {membership, actions} = Membership.self_check_done(state.membership, causes)
-    {:noreply, perform(%{state | membership: membership, self_check: nil}, actions)}
+  def handle_info({:cluster_srv_self_check, ref, result}, %{self_check: {ref, monitor}} = state) do
+    Process.demonitor(monitor, [:flush])
+    {:noreply, self_check_done(state, result)}
   end
+
+  # The self-check died before it could say anything (a user's resolver that exits, say).
+  def handle_info(
+        {:DOWN, monitor, :process, _pid, reason},
+        %{self_check: {_ref, monitor}} = state
+      ),
+      do: {:noreply, self_check_done(state, {:error, {:self_check_crashed, reason}})}
 
   def handle_info(message, state) do
     case Lookup.handle_info(state.lookup, message) do
@@ -396,10 +417,7 @@ defmodule ClusterSRV.Strategy do
   defp perform_one({kind, node}, state) when kind in [:connect, :disconnect],
     do: %{state | connector: Connector.start(state.connector, kind, node)}
 
-  defp perform_one(:self_check, %{self_check: nil} = state),
-    do: %{state | self_check: start_self_check(state)}
-
-  defp perform_one(:self_check, state), do: state
+  defp perform_one(:self_check, state), do: %{state | self_check: start_self_check(state)}
 
   defp perform_one({:log, level, message}, state) do
     log(state, level, message)
@@ -412,28 +430,43 @@ defmodule ClusterSRV.Strategy do
   end
 
   # Looks up once more, with the records this time, and says why this node's name is missing.
-  # It runs in a linked process of its own, bounded as a lookup is.
+  # It runs in a linked process of its own, bounded as a lookup is, and monitored: if it dies
+  # before it replies, the strategy hears of it, and the check runs again later.
   defp start_self_check(state) do
     config = state.topology.config
     strategy = self()
-    ref = make_ref()
     me = Node.self()
     wait = ClusterSRV.Resolver.reply_timeout(config.resolver_options, fill_addresses: true)
+    ref = make_ref()
 
-    pid =
-      spawn_link(fn ->
-        task = Task.async(fn -> Lookup.discover(config) end)
+    {_pid, monitor} =
+      :erlang.spawn_opt(
+        fn ->
+          task = Task.async(fn -> Lookup.discover(config) end)
 
-        causes =
-          case Task.yield(task, wait) || Task.shutdown(task, :brutal_kill) do
-            {:ok, {:ok, found}} -> SelfCheck.diagnose(me, config, found, SelfCheck.host())
-            _ -> []
-          end
+          result =
+            case Task.yield(task, wait) || Task.shutdown(task, :brutal_kill) do
+              {:ok, {:ok, found}} ->
+                {:ok, SelfCheck.diagnose(me, config, found, SelfCheck.host())}
 
-        send(strategy, {:cluster_srv_self_check, ref, causes})
-      end)
+              {:ok, {:error, reason}} ->
+                {:error, reason}
 
-    {ref, pid}
+              nil ->
+                {:error, :timeout}
+            end
+
+          send(strategy, {:cluster_srv_self_check, ref, result})
+        end,
+        [:link, :monitor]
+      )
+
+    {ref, monitor}
+  end
+
+  defp self_check_done(state, result) do
+    {membership, actions} = Membership.self_check_done(state.membership, result)
+    perform(%{state | membership: membership, self_check: nil}, actions)
   end
 
   # -- Status and leaving ------------------------------------------------------------------------
@@ -458,34 +491,43 @@ defmodule ClusterSRV.Strategy do
     })
   end
 
-  # On a normal shutdown (the app stopping, as on SIGTERM), a distributed node leaves with
-  # :global.disconnect/0, which tells the others it is leaving, so that they do not see an
-  # overlapping partition and disconnect one another. First it tells the strategies of its
-  # topology on the other nodes, so that they do not connect it again while DNS still lists it
-  # (a terminating pod stays listed until it has exited).
+  # When the node itself is stopping (SIGTERM in a release, init:stop/0), it leaves: first it
+  # tells the strategies of its topology on the nodes this topology knows, so that they do not
+  # connect it again while DNS still lists it (a terminating pod stays listed until it has
+  # exited); then it refuses new connections, and disconnects with :global.disconnect/0, which
+  # tells the others it is leaving, so that they do not see an overlapping partition and
+  # disconnect one another. A strategy that stops while the node runs on (a supervisor's
+  # restart, Application.stop/1, a test's teardown) leaves every connection as it is: they may
+  # be other topologies' or made by hand.
   @impl true
   def terminate(reason, state) do
-    if Node.self() != :nonode@nohost and normal?(reason) and
-         function_exported?(:global, :disconnect, 0) do
-      peers = Node.list()
-      :erpc.multicall(peers, __MODULE__, :peer_leaving, [state.topology.name, Node.self()], 1_000)
-
-      # When the whole node is stopping, no one may connect it again before it is gone: a peer
-      # whose connect was already on its way when the word came would pull it back in. Only
-      # then, since net_kernel's allow list cannot be undone.
-      if match?({:stopping, _}, :init.get_status()), do: :net_kernel.allow([Node.self()])
-
-      left = :global.disconnect()
-
-      log(
-        state,
-        :info,
-        "leaving the cluster on shutdown: told #{length(peers)} node(s), and disconnected " <>
-          "from #{length(left)} with :global.disconnect/0"
-      )
+    if normal?(reason) and Node.self() != :nonode@nohost and
+         match?({:stopping, _}, :init.get_status()) do
+      leave(state)
     end
 
     :ok
+  end
+
+  defp leave(state) do
+    membership = state.membership
+    ours = MapSet.union(membership.meta, membership.listed)
+    peers = for node <- Node.list(), MapSet.member?(ours, node), do: node
+    :erpc.multicall(peers, __MODULE__, :peer_leaving, [state.topology.name, Node.self()], 1_000)
+
+    # No one may connect this node again before it is gone: a peer whose connect was already on
+    # its way when the word came would pull it back in. net_kernel's allow list cannot be
+    # undone, which is fine for a node that is stopping.
+    :net_kernel.allow([Node.self()])
+
+    left = if function_exported?(:global, :disconnect, 0), do: :global.disconnect(), else: []
+
+    log(
+      state,
+      :info,
+      "leaving the cluster on shutdown: told #{length(peers)} node(s) of this topology, and " <>
+        "disconnected from #{length(left)} with :global.disconnect/0"
+    )
   end
 
   @doc false

@@ -935,6 +935,88 @@ defmodule ClusterSRV.StrategyTest do
     end
   end
 
+  describe "partial faults, on one long-lived strategy" do
+    # A DNS with an answer per name, which the test can change.
+    defp dns_by_name(answers) do
+      {:ok, dns} = Agent.start_link(fn -> answers end)
+      {dns, fn query -> Agent.get(dns, &Map.fetch!(&1, List.to_string(query))) end}
+    end
+
+    defp addresses(ips), do: {:ok, {:hostent, ~c"x", [], :inet, 4, ips}}
+
+    # Two names asked for A records, as dns_cluster's form with a basename.
+    defp two_names(resolver) do
+      [
+        query: [{"myapp", "first.test"}, {"myapp", "second.test"}],
+        resource_types: [:a],
+        polling_interval: @interval,
+        resolver: resolver
+      ]
+    end
+
+    test "a name that answers NXDOMAIN drops the nodes only it listed, and keeps them dropped" do
+      {dns, resolver} =
+        dns_by_name(%{
+          "first.test" => addresses([{10, 0, 0, 1}]),
+          "second.test" => addresses([{10, 0, 0, 2}])
+        })
+
+      {pid, probe} = start(two_names(resolver))
+      await_meta(pid, MapSet.new([:"myapp@10.0.0.1", :"myapp@10.0.0.2"]))
+      assert drain(:probe) == 2
+
+      Agent.update(dns, &Map.put(&1, "second.test", {:error, :nxdomain}))
+      assert_receive {:probe, :disconnect, :"myapp@10.0.0.2", _}, 1_000
+      Probe.set_connected(probe, [:"myapp@10.0.0.1"])
+      await_meta(pid, MapSet.new([:"myapp@10.0.0.1"]))
+
+      # Polls go on answering so: the node is not listed, nor connected again.
+      refute_receive {:probe, :connect, _, _}, 3 * @interval
+      assert ClusterSRV.status(pid).listed == [:"myapp@10.0.0.1"]
+    end
+
+    test "a name that keeps failing keeps its nodes for a bounded time only" do
+      {dns, resolver} =
+        dns_by_name(%{
+          "first.test" => addresses([{10, 0, 0, 1}]),
+          "second.test" => addresses([{10, 0, 0, 2}])
+        })
+
+      {pid, _probe} = start(two_names(resolver))
+      await_meta(pid, MapSet.new([:"myapp@10.0.0.1", :"myapp@10.0.0.2"]))
+
+      log =
+        capture_log(fn ->
+          Agent.update(dns, &Map.put(&1, "second.test", {:error, :servfail}))
+          # It is kept while the grace (10 intervals) runs, then disconnected.
+          refute_receive {:probe, :disconnect, _, _}, 8 * @interval
+          assert_receive {:probe, :disconnect, :"myapp@10.0.0.2", _}, 6 * @interval
+        end)
+
+      assert log =~
+               "lookup of second.test (A) failed: the server answered SERVFAIL; keeping " <>
+                 "the 1 nodes it listed for up to #{10 * @interval} ms"
+
+      assert log =~ "no longer keeps 1 node(s)"
+      assert ClusterSRV.status(pid).failing == %{{"second.test", :a} => :servfail}
+    end
+
+    test "a peer that says it is leaving while still connected is not connected again" do
+      peer = node_name(1)
+      {_dns, resolver} = fake_dns(hostent([target(0), target(1)]))
+      {pid, probe} = start(config(resolver), connected: [node_name(0), peer])
+      await_meta(pid, MapSet.new([node_name(0), peer]))
+
+      # The word comes before the peer has disconnected; polls land meanwhile.
+      send(pid, {:cluster_srv_leaving, peer})
+      Process.sleep(2 * @interval)
+      Probe.set_connected(probe, [node_name(0)])
+
+      # DNS still lists it (a terminating pod stays listed): no connect.
+      refute_receive {:probe, :connect, ^peer, _}, 5 * @interval
+    end
+  end
+
   describe "removal policy" do
     test "with prune_grace, a node DNS dropped stays connected that long, then is disconnected" do
       topology = :"prune_#{System.unique_integer([:positive])}"
