@@ -202,11 +202,14 @@ defmodule ClusterSRV.Config do
 
         case Keyword.fetch(config, :port_name) do
           {:ok, port_name} ->
-            port_name = label!(:port_name, port_name, "the name of the service's port")
-            protocol = optional(config, :protocol, "tcp", &label!(:protocol, &1, "a protocol"))
+            # Each is asked as `_<label>`, one label of at most 63 octets.
+            port_name = label!(:port_name, port_name, "the name of the service's port", 62)
 
-            {[{nil, "_#{port_name}._#{protocol}.#{service_name}"}], pods_domain(service_name),
-             service_name}
+            protocol =
+              optional(config, :protocol, "tcp", &label!(:protocol, &1, "a protocol", 62))
+
+            name = joined_name!(config, "_#{port_name}._#{protocol}.#{service_name}")
+            {[{nil, name}], pods_domain(service_name), service_name}
 
           :error ->
             if Keyword.has_key?(config, :protocol) do
@@ -224,8 +227,41 @@ defmodule ClusterSRV.Config do
   defp service_name(config, domain) do
     service = required!(config, :service, &label!(:service, &1, "the headless service's name"))
     namespace = required!(config, :namespace, &label!(:namespace, &1, "the service's namespace"))
-    "#{service}.#{namespace}.svc.#{domain}"
+    joined_name!(config, "#{service}.#{namespace}.svc.#{domain}")
   end
+
+  # The name the Kubernetes forms join from several keys must still be a DNS name.
+  defp joined_name!(config, name) do
+    if dns_name?(name) do
+      name
+    else
+      given =
+        config
+        |> Keyword.take([:service, :namespace, :port_name, :protocol, :cluster_domain])
+        |> Enum.map_join(", ", fn {key, value} -> "#{key}: #{inspect(value)}" end)
+
+      raise ArgumentError,
+            "the name to ask, #{inspect(name)}, is #{byte_size(String.trim_trailing(name, "."))} " <>
+              "characters long; a DNS name holds at most 253. It is joined from #{given}" <>
+              if(Keyword.has_key?(config, :cluster_domain),
+                do: "",
+                else: " and the cluster domain #{inspect(cluster_domain_env!())}"
+              ) <> ": shorten one of them"
+    end
+  end
+
+  # A name the native resolver can ask: labels of letters, digits, "-" and "_", each 1 to 63
+  # octets and not starting with "-", 253 octets in all; one trailing dot makes it absolute.
+  @doc false
+  def dns_name?(name) when is_binary(name) do
+    bare =
+      if String.ends_with?(name, "."), do: binary_part(name, 0, byte_size(name) - 1), else: name
+
+    byte_size(bare) in 1..253 and
+      bare |> String.split(".") |> Enum.all?(&(&1 =~ ~r/\A[A-Za-z0-9_][A-Za-z0-9_-]{0,62}\z/))
+  end
+
+  def dns_name?(_other), do: false
 
   defp pods_domain(service_name),
     do: service_name |> String.trim_trailing(".") |> String.downcase(:ascii)
@@ -327,7 +363,7 @@ defmodule ClusterSRV.Config do
   defp cluster_domain_env! do
     domain = System.get_env("CLUSTER_DOMAIN", "cluster.local.")
 
-    if domain =~ ~r/\A([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?\z/ do
+    if dns_name?(domain) do
       domain
     else
       raise ArgumentError,
@@ -388,17 +424,19 @@ defmodule ClusterSRV.Config do
   defp application_name_expectation,
     do: ~s|a node base name (the part before "@") of letters, digits, "_", "-" and "."|
 
-  defp label!(key, value, what) when is_binary(value) do
-    if value =~ ~r/\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\z/ do
+  defp label!(key, value, what, max \\ 63)
+
+  defp label!(key, value, what, max) when is_binary(value) do
+    if byte_size(value) <= max and value =~ ~r/\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\z/ do
       value
     else
-      label_error!(key, value, what)
+      label_error!(key, value, what, max)
     end
   end
 
-  defp label!(key, value, what), do: label_error!(key, value, what)
+  defp label!(key, value, what, max), do: label_error!(key, value, what, max)
 
-  defp label_error!(key, value, what) do
+  defp label_error!(key, value, what, max) do
     example =
       case key do
         :service -> ~s|service: "myapp-headless"|
@@ -407,11 +445,16 @@ defmodule ClusterSRV.Config do
         :protocol -> ~s|protocol: "tcp"|
       end
 
-    invalid!(key, value, "#{what}: one DNS label (letters, digits and inner hyphens)", example)
+    invalid!(
+      key,
+      value,
+      "#{what}: one DNS label of at most #{max} characters (letters, digits and inner hyphens)",
+      example
+    )
   end
 
   defp cluster_domain!(domain) when is_binary(domain) do
-    if domain =~ ~r/\A([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?\z/ do
+    if dns_name?(domain) do
       domain
     else
       cluster_domain_error!(domain)
@@ -429,22 +472,17 @@ defmodule ClusterSRV.Config do
     )
   end
 
-  defp query_name!(query) when is_binary(query) and byte_size(query) in 1..254 do
-    if query =~ ~r/\A([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?\z/ do
-      query
-    else
-      query_error!(query)
-    end
+  defp query_name!(query) do
+    if dns_name?(query), do: query, else: query_error!(query)
   end
-
-  defp query_name!(query), do: query_error!(query)
 
   defp query_error!(query) do
     invalid!(
       :query,
       query,
-      "a DNS name to ask (labels of letters, digits, \"-\" and \"_\"), {basename, name}, " <>
-        "or a list of either",
+      "a DNS name to ask (labels of letters, digits, \"-\" and \"_\" that do not start " <>
+        "with \"-\", at most 63 characters each and 253 in all), {basename, name}, or a " <>
+        "list of either",
       ~s|query: "_erlang._tcp.myapp.service.consul."|
     )
   end
@@ -584,6 +622,11 @@ defmodule ClusterSRV.Config do
   # The form the NIF decodes: a binary, or {ip_binary, port}.
   def nameserver_term!(nameserver, all \\ nil)
   def nameserver_term!(text, _all) when is_binary(text), do: text
+
+  # The native side takes a port as a 16-bit number: anything else is refused here, by name.
+  def nameserver_term!({_ip, port} = nameserver, all)
+      when is_integer(port) and port not in 1..65_535,
+      do: invalid_nameserver!(nameserver, all, "port #{port} is not in 1..65535")
 
   def nameserver_term!({ip, port}, _all) when is_binary(ip) and is_integer(port), do: {ip, port}
 

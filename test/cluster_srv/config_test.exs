@@ -51,6 +51,66 @@ defmodule ClusterSRV.ConfigTest do
     end
   end
 
+  describe "config that would fail every poll is refused at start" do
+    @service [service: "myapp-headless", namespace: "default", application_name: "myapp"]
+
+    defp refused(config), do: assert_raise(ArgumentError, fn -> Config.strategy!(config) end)
+
+    test "a nameserver port that is not a 16-bit port" do
+      for port <- [2 ** 70, 0, 65_536, -1] do
+        for ip <- ["10.0.0.1", {10, 0, 0, 1}] do
+          error = refused(@service ++ [nameservers: [{ip, port}]])
+          assert error.message =~ "invalid value for :nameservers"
+          assert error.message =~ "port #{port} is not in 1..65535"
+        end
+      end
+    end
+
+    test "a port_name or protocol too long for the label it is asked as" do
+      error = refused(@service ++ [port_name: String.duplicate("p", 63)])
+      assert error.message =~ "invalid value for :port_name"
+      assert error.message =~ "at most 62 characters"
+      assert error.message =~ "got: \"#{String.duplicate("p", 63)}\""
+      # 62 fits: `_` and 62 octets are one label of 63.
+      {config, []} = Config.strategy!(@service ++ [port_name: String.duplicate("p", 62)])
+      assert config.query =~ "_#{String.duplicate("p", 62)}._tcp."
+
+      error = refused(@service ++ [port_name: "epmd", protocol: String.duplicate("t", 63)])
+      assert error.message =~ "invalid value for :protocol"
+    end
+
+    test "a service, namespace and domain that join into a name over 253 octets" do
+      long = String.duplicate("a", 62)
+
+      error =
+        refused(
+          service: long,
+          namespace: long,
+          application_name: "myapp",
+          cluster_domain: "#{long}.#{long}."
+        )
+
+      assert error.message =~ "is 255 characters long; a DNS name holds at most 253"
+      assert error.message =~ ~s|service: "#{long}"|
+      assert error.message =~ ~s|cluster_domain: "#{long}.#{long}."|
+    end
+
+    test "a query with a label that starts with a hyphen, or too long a name" do
+      for bad <- [
+            "-myapp.example.com",
+            "myapp.-x.example.com",
+            String.duplicate("a.", 127) <> "a"
+          ] do
+        error = refused(query: bad)
+        assert error.message =~ "invalid value for :query"
+        assert error.message =~ "do not start with \"-\""
+        assert error.message =~ inspect(bad)
+      end
+
+      assert {_config, []} = Config.strategy!(query: "_erlang._tcp.my-app.example.com.")
+    end
+  end
+
   describe "strategy!/1: the query forms and record types" do
     defp sources(config) do
       {validated, _unknown} = Config.strategy!(config)
