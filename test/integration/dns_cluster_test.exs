@@ -145,6 +145,37 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
       refute log =~ "failed"
     end
 
+    test "a pod's AAAA record deleted while the name keeps its A records drops that node for good",
+         %{dns: dns} do
+      DNS.update!(
+        dns,
+        [
+          "update add dual.internal. 5 IN A 127.0.0.51",
+          "update add dual.internal. 5 IN AAAA fd00::51",
+          "update add dual.internal. 5 IN AAAA fd00::52"
+        ],
+        "internal"
+      )
+
+      log =
+        capture_log(fn ->
+          {pid, _probe} = start_strategy(dns, query: "dual.internal", dns_rr_types: [:a, :aaaa])
+          assert connects(3) == [:"nonode@127.0.0.51", :"nonode@fd00::51", :"nonode@fd00::52"]
+
+          # fd00::52's pod is gone: its AAAA record is deleted, the A record stays.
+          DNS.update!(dns, ["update delete dual.internal. AAAA fd00::52"], "internal")
+          assert_receive {:probe, :disconnect, :"nonode@fd00::52", _}, 2_000
+
+          # Then every AAAA record: "no records" for AAAA lists no one, quietly.
+          DNS.update!(dns, ["update delete dual.internal. AAAA"], "internal")
+          assert_receive {:probe, :disconnect, :"nonode@fd00::51", _}, 2_000
+          refute_receive {:probe, _, _, _}, 5 * @interval
+          assert ClusterSRV.status(pid).listed == [:"nonode@127.0.0.51"]
+        end)
+
+      refute log =~ "failed"
+    end
+
     test "several queries and a {basename, query} tuple", %{dns: dns} do
       DNS.update!(
         dns,
@@ -165,7 +196,7 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
       assert connects(3) == [:"app@127.0.0.31", :"app@127.0.0.32", :"other-basename@127.0.0.41"]
     end
 
-    test "a node is kept while the query that listed it fails, and removed once it succeeds without it",
+    test "a name that no longer exists drops the nodes only it listed; listed again, they come back",
          %{dns: dns} do
       DNS.update!(
         dns,
@@ -183,18 +214,17 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
 
           assert connects(2) == [:"nonode@127.0.0.61", :"nonode@127.0.0.62"]
 
-          # The second name is gone (NXDOMAIN): what it listed stays.
+          # The second name is gone (NXDOMAIN, a successful answer): what only it listed goes.
           DNS.update!(dns, ["update delete second.internal. A"], "internal")
+          assert_receive {:probe, :disconnect, :"nonode@127.0.0.62", _}, 2_000
           refute_receive {:probe, :disconnect, _, _}, 5 * @interval
 
-          # It answers again, without that node: now it goes.
+          # It answers again, with another node: that one is connected.
           DNS.update!(dns, ["update add second.internal. 5 IN A 127.0.0.63"], "internal")
-          assert_receive {:probe, :disconnect, :"nonode@127.0.0.62", _}, 2_000
           assert_receive {:probe, :connect, :"nonode@127.0.0.63", _}, 2_000
         end)
 
-      assert log =~ "lookup of second.internal (A) failed: the name does not exist (NXDOMAIN)"
-      assert log =~ "lookup of second.internal (A) succeeded again"
+      refute log =~ "lookup of second.internal (A) failed"
     end
   end
 

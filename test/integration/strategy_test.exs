@@ -138,14 +138,14 @@ defmodule ClusterSRV.Integration.StrategyTest do
           Process.sleep(3 * (@interval + 500))
           refute_received {:probe, :disconnect, _, _}
           assert :sys.get_state(pid).membership.meta == known
-          assert :sys.get_state(pid).membership.failure == {:io, "connection refused"}
+          assert Map.values(ClusterSRV.status(pid).failing) == [{:io, "connection refused"}]
         after
           DNS.resume(dns)
         end
 
         Process.sleep(2 * (@interval + 500))
         refute_received {:probe, :disconnect, _, _}
-        assert :sys.get_state(pid).membership.failure == nil
+        assert ClusterSRV.status(pid).failing == %{}
 
         # And changes apply again once DNS is back.
         DNS.put_service(dns, %{svc | pods: Enum.take(svc.pods, 2)})
