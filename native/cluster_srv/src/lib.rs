@@ -690,8 +690,9 @@ mod nif {
     }
 
     /// Starts the shared runtime as the library loads (in a release, as the VM boots), so that
-    /// the first lookup does not pay for its thread. A runtime that cannot start is reported by
-    /// the first call that needs it, so loading never fails for it.
+    /// the first lookup does not pay for its thread. A runtime that cannot start is started
+    /// again by the next call that needs it, which reports why if it still cannot, so loading
+    /// never fails for it.
     fn on_load(_env: Env, _info: Term) -> bool {
         crate::runtime::start();
         true
