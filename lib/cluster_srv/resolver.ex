@@ -38,6 +38,9 @@ defmodule ClusterSRV.Resolver do
     * `:timeout` - no server answered in time.
     * `:servfail` - the server failed (CoreDNS answers this until it has synced).
     * `:refused` - the server refused the query.
+    * `:answer_too_large` - the answer does not fit in one DNS message (65,535 bytes): the
+      server set TC on its TCP answer, with part of the records or none. About 900 pods of a
+      StatefulSet give such an answer; see `ClusterSRV.Reasons.describe_failure/1`.
     * `{:invalid_name, name}` - the name is not a valid DNS name.
     * `{:io, message}` - anything else: a network error, a malformed answer, another response code.
     * `{:panic, message}` - a bug in the native code, caught before it reached the VM.
@@ -87,6 +90,7 @@ defmodule ClusterSRV.Resolver do
           | :timeout
           | :servfail
           | :refused
+          | :answer_too_large
           | {:invalid_name, String.t()}
           | {:io, String.t()}
           | {:panic, String.t()}

@@ -16,7 +16,7 @@ defmodule ClusterSRV.Integration.HostileTest do
   @attempts 2
   @malformed ~w(longname longlabel garbage loop tcptrunc)
   @unanswered ~w(wrongid otherq slow silent)
-  @all ~w(ok many flood panic) ++ @malformed ++ @unanswered
+  @all ~w(ok many flood panic tcppartial) ++ @malformed ++ @unanswered
 
   setup_all do
     hostile = HostileDNS.start!()
@@ -61,6 +61,18 @@ defmodule ClusterSRV.Integration.HostileTest do
       for kase <- @unanswered do
         assert Resolver.lookup(resolver, HostileDNS.name(kase)) == {:error, :timeout}, kase
       end
+    end
+
+    test "part of a set that does not fit in one message is :answer_too_large, never a list",
+         %{hostile: hostile, resolver: resolver} do
+      assert Resolver.lookup(resolver, HostileDNS.name("tcppartial")) ==
+               {:error, :answer_too_large}
+
+      # On one long-lived resolver, through the fault and back.
+      HostileDNS.switch(hostile, "tcppartial")
+      assert Resolver.lookup(resolver, HostileDNS.name("switch")) == {:error, :answer_too_large}
+      HostileDNS.switch(hostile, "ok")
+      assert {:ok, [_, _, _]} = Resolver.lookup(resolver, HostileDNS.name("switch"))
     end
 
     test "thousands of records come over TCP, every one kept as it came", %{resolver: resolver} do

@@ -152,6 +152,46 @@ defmodule ClusterSRV.Integration.ResolverTest do
     end
   end
 
+  describe "an answer too large for one DNS message" do
+    defp statefulset(count) do
+      pods = for i <- 0..(count - 1), do: {"myapp-#{i}", {10, 1, div(i, 250), rem(i, 250) + 1}}
+      Zone.service("myapp-headless", "default", pods: pods)
+    end
+
+    test "is :answer_too_large, and the same resolver lists the service once it fits again" do
+      dns = DNS.start!()
+
+      try do
+        {:ok, resolver} =
+          Resolver.new(nameservers: [DNS.nameserver(dns)], timeout: 2_000, attempts: 2)
+
+        DNS.put_service(dns, statefulset(1_000))
+        name = Zone.service_name(statefulset(1_000))
+
+        # BIND's own answer over TCP: NOERROR, TC, and not one record.
+        {answer, 0} =
+          System.cmd("dig", ["+tcp", "-p", to_string(dns.port), "@127.0.0.1", name, "SRV"])
+
+        assert answer =~ ~r/status: NOERROR/
+        assert answer =~ ~r/flags: qr aa tc/
+        assert answer =~ ~r/ANSWER: 0,/
+
+        assert Resolver.lookup(resolver, name) == {:error, :answer_too_large}
+
+        ref =
+          Resolver.async_discover_all(resolver, [{name, :srv, "myapp", nil, :hostname}], 1_000)
+
+        assert_receive {:cluster_srv_lookup, ^ref, {:ok, [{:error, :answer_too_large}]}}, 5_000
+
+        DNS.put_service(dns, statefulset(800))
+        assert {:ok, records} = Resolver.lookup(resolver, name)
+        assert length(records) == 800
+      after
+        DNS.stop(dns)
+      end
+    end
+  end
+
   describe "a server that never answers" do
     setup do
       silent = Silent.start!(udp: true)

@@ -40,6 +40,8 @@ defmodule ClusterSRV.Harness.HostileDNS do
     * `tcpreset` - TC over UDP; over TCP, the connection is reset instead of answered.
     * `tcpdelay` - TC over UDP; over TCP, the answer 200 ms late.
     * `tcpsilent` - TC over UDP; over TCP, the connection is accepted and never answered.
+    * `tcppartial` - TC over UDP; over TCP, TC again with the three pods of `ok`: part of a
+      set too large for one message, as BIND answers a query without EDNS.
 
   The name `switch.hostile.test.` answers as whatever case `switch/2` last set (`ok` at start),
   so a test can run one long-lived resolver or strategy through a fault and back.
@@ -264,7 +266,7 @@ defmodule ClusterSRV.Harness.HostileDNS do
     do: {:reply, srv_answer(id, question, for(i <- 0..199, do: {:under, ["pod-#{i}"]}))}
 
   defp answer(kase, id, question, :udp, _edns)
-       when kase in ["tcpclose", "tcpidle", "tcpreset", "tcpdelay", "tcpsilent"],
+       when kase in ["tcpclose", "tcpidle", "tcpreset", "tcpdelay", "tcpsilent", "tcppartial"],
        do: {:reply, truncated(id, question)}
 
   defp answer("tcpclose", id, question, :tcp, _), do: {:tcp_close, message("ok", id, question)}
@@ -272,6 +274,10 @@ defmodule ClusterSRV.Harness.HostileDNS do
   defp answer("tcpreset", _id, _question, :tcp, _), do: :tcp_reset
   defp answer("tcpdelay", id, question, :tcp, _), do: {:later, 200, message("ok", id, question)}
   defp answer("tcpsilent", _id, _question, :tcp, _), do: :none
+
+  defp answer("tcppartial", id, question, :tcp, _),
+    do: {:reply, truncate(message("ok", id, question))}
+
   defp answer(kase, id, question, transport, _edns), do: answer(kase, id, question, transport)
 
   defp answer("silent", _id, _question, _transport), do: :none
@@ -365,6 +371,10 @@ defmodule ClusterSRV.Harness.HostileDNS do
   end
 
   defp truncated(id, question), do: header(id, 0x8600, 1, 0, 0, 0) <> question
+
+  # The same message with TC set in its flags.
+  defp truncate(<<id::16, flags::16, rest::binary>>),
+    do: <<id::16, bor(flags, 0x0200)::16, rest::binary>>
 
   # About 2,000 records in a well-formed message; targets under the service name point back at
   # the question's name, so the whole answer fits in one TCP message. Exactly 20 distinct
