@@ -224,8 +224,9 @@ defmodule ClusterSRV.Resolver do
     * `:type` - `:srv` (the default) for `ClusterSRV.Record`s; `:a` or `:aaaa` for the
       addresses, as `:inet.ip_address()` tuples, sorted, each once.
     * `:fill_addresses` - for SRV: when `true`, targets the answer carried no address for are
-      resolved (A, then AAAA), concurrently. This can double the time a lookup takes. Default
-      `false`.
+      resolved, concurrently: their A records, or their AAAA records when the A answer is
+      negative (never after a failed A query). A target that cannot be resolved keeps
+      `addresses: []`. This can double the time a lookup takes. Default `false`.
   """
   @spec lookup(t(), String.t(), keyword()) ::
           {:ok, [Record.t()] | [:inet.ip_address()]} | {:error, reason()}
@@ -285,7 +286,7 @@ defmodule ClusterSRV.Resolver do
   Each rejected target comes back with one of these reasons: `:no_service` (the root target
   `.`), `:invalid_hostname`, `:too_long`, `:outside_domain`, `:service_itself` (the target is
   the service's own name: the service is not headless), `:no_address` (`:ip` naming and no
-  address), `:over_max_nodes`.
+  usable address among the record's), `:over_max_nodes`.
 
       iex> records = [
       ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
@@ -322,14 +323,18 @@ defmodule ClusterSRV.Resolver do
 
   @doc """
   Looks up `name` and turns the answer into node names on the native runtime, replying by
-  message like `async_lookup/3`. This is what `ClusterSRV.Strategy` polls with: the records
-  never reach the caller, which receives only
+  message like `async_lookup/3`: the records never reach the caller, which receives only
 
-      {:cluster_srv_lookup, ref, {:ok, %{records: count, nodes: [node()], rejected: [{target, reason}]}}}
+      {:cluster_srv_lookup, ref, {:ok, %{records: count, nodes: [node()], rejected: [{target, reason}],
+                                         unresolved: [{target, reason}]}}}
       {:cluster_srv_lookup, ref, {:error, reason}}
 
-  It takes the options of `node_names/2`; with `node_naming: :ip`, targets the answer carried no
-  address for are resolved first, as with `fill_addresses: true`.
+  It takes the options of `node_names/2`. With `node_naming: :ip`, the targets the rules accept
+  that the answer carried no address for are resolved first, as with `fill_addresses: true`; a
+  target that cannot be resolved is left out of naming and listed in `unresolved`, with the
+  reason of the failed query (`:timeout`, `:servfail`, `{:io, message}`...), or `:no_records`
+  when neither A nor AAAA records exist for it: DNS lists it, so it may be a live pod, and it
+  is neither a node nor a rejection. `unresolved` is `[]` otherwise.
   """
   @spec async_discover(t(), String.t(), keyword()) :: reference() | {:error, reason()}
   def async_discover(%__MODULE__{ref: native}, name, opts) when is_binary(name) do
@@ -360,10 +365,11 @@ defmodule ClusterSRV.Resolver do
       {:cluster_srv_lookup, ref, {:ok, [result]}}
 
   with a result per source, in their order: for SRV, `{:ok, %{records: count, nodes: [node()],
-  rejected: [{target, reason}]}}`, the targets named on the runtime as `async_discover/3` names
-  them; for A and AAAA, `{:ok, %{records: count, addresses: [ip]}}`, which `address_names/3`
-  names (the names are made on the Elixir side, where `:inet.ntoa/1` writes the addresses); or
-  `{:error, reason}` for a source that failed. Every source is asked at once, and each gives its
+  rejected: [{target, reason}], unresolved: [{target, reason}]}}`, the targets named on the
+  runtime as `async_discover/3` names them (unresolved ones included); for A and AAAA,
+  `{:ok, %{records: count, addresses: [ip]}}`, which `address_names/3` names (the names are
+  made on the Elixir side, where `:inet.ntoa/1` writes the addresses); or `{:error, reason}`
+  for a source that failed. Every source is asked at once, and each gives its
   own result within `deadline/2`.
   """
   @spec async_discover_all(t(), [tuple()], pos_integer()) :: reference() | {:error, reason()}

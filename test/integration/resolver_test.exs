@@ -347,7 +347,8 @@ defmodule ClusterSRV.Integration.ResolverTest do
       assert answer == %{
                records: 3,
                nodes: [:"app@ok-0.mixed.default.svc.cluster.local"],
-               rejected: [{"elsewhere.example.com", :outside_domain}]
+               rejected: [{"elsewhere.example.com", :outside_domain}],
+               unresolved: []
              }
     end
 

@@ -34,7 +34,7 @@ mod nif {
     use crate::error::{panic_message, Error};
     use crate::names::{self, Candidate, Naming, Rules};
     use crate::plan;
-    use crate::resolver::{Found, Options, Source, SrvResolver};
+    use crate::resolver::{Discovery, Found, Options, Source, SrvResolver};
     use crate::runtime::runtime;
     use hickory_resolver::proto::rr::RecordType;
 
@@ -56,6 +56,7 @@ mod nif {
             nodes,
             records,
             rejected,
+            unresolved,
             ip,
             servers,
             search,
@@ -197,8 +198,10 @@ mod nif {
 
     /// Starts a lookup whose answer is turned into node names on the runtime, so the caller
     /// receives only `{:cluster_srv_lookup, tag, {:ok, %{records: count, nodes: [atom],
-    /// rejected: [{target, reason}]}} | {:error, reason}}`: none of the answer's records reach
-    /// the caller's heap, and no scheduler runs the validation.
+    /// rejected: [{target, reason}], unresolved: [{target, reason}]}} | {:error, reason}}`:
+    /// none of the answer's records reach the caller's heap, and no scheduler runs the
+    /// validation. `unresolved` lists the targets whose addresses could not be resolved for
+    /// `:ip` naming, with the error why (see `SrvResolver::discover`).
     #[rustler::nif]
     #[allow(clippy::too_many_arguments)]
     fn start_discover<'a>(
@@ -215,8 +218,8 @@ mod nif {
             let name = utf8_name(name);
             let rules = rules(basename, domain, naming, max_nodes);
             spawn_reply(env, tag, async move {
-                let (records, outcome) = resource.resolver.discover(&name?, &rules).await?;
-                Ok(Answer::Names { records, outcome })
+                let discovery = resource.resolver.discover(&name?, &rules).await?;
+                Ok(Answer::Names(discovery))
             })
         })
     }
@@ -224,8 +227,9 @@ mod nif {
     /// Starts a discovery of several sources at once, each `{name, type, basename, domain,
     /// naming}`: the caller receives `{:cluster_srv_lookup, tag, {:ok, [result]}}`, a result
     /// per source in their order. An SRV source's result is `{:ok, %{records: count, nodes:
-    /// [atom], rejected: [{target, reason}]}}`, its targets turned into node names here, so
-    /// that none of the records reach the caller's heap and no scheduler runs the validation;
+    /// [atom], rejected: [{target, reason}], unresolved: [{target, reason}]}}` (as
+    /// `start_discover` gives it), its targets turned into node names here, so that none of
+    /// the records reach the caller's heap and no scheduler runs the validation;
     /// an A or AAAA source's is `{:ok, %{records: count, addresses: [ip]}}`; a failed one's is
     /// `{:error, reason}`. This is the strategy's poll.
     #[rustler::nif]
@@ -377,10 +381,7 @@ mod nif {
     enum Answer {
         Records(Vec<SrvRecord>),
         Addresses(Vec<IpAddr>),
-        Names {
-            records: usize,
-            outcome: names::Outcome,
-        },
+        Names(Discovery),
         Discovered(Vec<Result<Found, Error>>),
     }
 
@@ -403,27 +404,40 @@ mod nif {
                     }
                     Ok(terms.encode(env))
                 }
-                Answer::Names { records, outcome } => encode_names(env, *records, outcome),
+                Answer::Names(discovery) => encode_names(env, discovery),
             }
         }
     }
 
-    /// `%{records: count, nodes: [atom], rejected: [{target, reason}]}`.
-    fn encode_names<'a>(
-        env: Env<'a>,
-        records: usize,
-        outcome: &names::Outcome,
-    ) -> Result<Term<'a>, Error> {
-        let (nodes, rejected) = encode_outcome(env, outcome)?;
-        let keys = [atoms::nodes(), atoms::records(), atoms::rejected()].map(|k| k.encode(env));
-        let values = [nodes, records.encode(env), rejected];
+    /// `%{records: count, nodes: [atom], rejected: [{target, reason}], unresolved: [{target,
+    /// reason}]}`, each unresolved reason the error term of why.
+    fn encode_names<'a>(env: Env<'a>, discovery: &Discovery) -> Result<Term<'a>, Error> {
+        let (nodes, rejected) = encode_outcome(env, &discovery.outcome)?;
+        let unresolved: Vec<(&str, &Error)> = discovery
+            .unresolved
+            .iter()
+            .map(|(target, error)| (target.as_str(), error))
+            .collect();
+        let keys = [
+            atoms::nodes(),
+            atoms::records(),
+            atoms::rejected(),
+            atoms::unresolved(),
+        ]
+        .map(|k| k.encode(env));
+        let values = [
+            nodes,
+            discovery.records.encode(env),
+            rejected,
+            unresolved.encode(env),
+        ];
         Term::map_from_term_arrays(env, &keys, &values)
             .map_err(|_| Error::Io("cannot build the answer map".to_string()))
     }
 
     fn encode_found<'a>(env: Env<'a>, found: &Found) -> Result<Term<'a>, Error> {
         match found {
-            Found::Names { records, outcome } => encode_names(env, *records, outcome),
+            Found::Names(discovery) => encode_names(env, discovery),
             Found::Addresses(addresses) => {
                 let ips: Vec<Term<'a>> = addresses.iter().map(|ip| encode_ip(env, ip)).collect();
                 let keys = [atoms::addresses(), atoms::records()].map(|k| k.encode(env));
@@ -485,7 +499,8 @@ mod nif {
     }
 
     /// Validates targets into node names; see `names::node_names`. Takes `[{target, addresses}]`
-    /// and returns `{:ok, %{records: count, nodes: [atom], rejected: [{target, reason}]}}`.
+    /// and returns `{:ok, %{records: count, nodes: [atom], rejected: [{target, reason}],
+    /// unresolved: []}}`.
     /// Atoms are made only for accepted names, after the cap, so DNS data can never add more
     /// than `max_nodes` atoms per call.
     #[rustler::nif]
@@ -513,10 +528,12 @@ mod nif {
                     }),
                 &rules,
             );
-            let answer = Answer::Names {
+            // The targets come with their addresses: nothing is resolved, so none is unresolved.
+            let answer = Answer::Names(Discovery {
                 records: candidates.len(),
                 outcome,
-            };
+                unresolved: Vec::new(),
+            });
             match answer.encode(env) {
                 Ok(answer) => (atoms::ok(), answer).encode(env),
                 Err(error) => (atoms::error(), error).encode(env),

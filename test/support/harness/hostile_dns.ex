@@ -25,6 +25,8 @@ defmodule ClusterSRV.Harness.HostileDNS do
     * `fill` - targets with no address in the answer: `ok-0.fill.hostile.test`, whose A query
       is answered (127.0.0.7), `hang-0.fill.hostile.test`, whose A query never is, and 20
       invalid and 3 outside targets (the answer stays under the 1,232 bytes a client asks for). Every A query is counted (`a_queries/1`).
+      AAAA queries, for any name, are answered `fd00::7`: a client that asks AAAA after an A
+      query failed names a dual-stack pod after the wrong address.
 
   Cases that play odd but real servers, each answering with the three valid pods of `ok` in
   the end:
@@ -285,6 +287,12 @@ defmodule ClusterSRV.Harness.HostileDNS do
   defp answer(_kase, id, <<_::binary>> = question, _)
        when binary_part(question, byte_size(question) - 4, 2) == <<1::16>>,
        do: a_answer(id, question)
+
+  defp answer(_kase, id, <<_::binary>> = question, _)
+       when binary_part(question, byte_size(question) - 4, 2) == <<28::16>> do
+    record = <<0xC00C::16, 28::16, 1::16, 5::32, 16::16, 0xFD00::16, 0::96, 7::16>>
+    {:reply, header(id, 0x8400, 1, 1, 0, 0) <> question <> record}
+  end
 
   defp answer("slow", id, question, _), do: {:later, 1_500, message("ok", id, question)}
   defp answer("many", id, question, :udp), do: {:reply, truncated(id, question)}
