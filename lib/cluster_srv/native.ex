@@ -62,6 +62,9 @@ defmodule ClusterSRV.Native do
   @doc false
   def node_names(_candidates, _basename, _domain, _naming, _max_nodes), do: not_loaded()
 
+  @doc false
+  def node_names_dirty(_candidates, _basename, _domain, _naming, _max_nodes), do: not_loaded()
+
   if Mix.env() == :test do
     @doc false
     def test_panic(_site, _tag), do: not_loaded()
