@@ -43,8 +43,16 @@ defmodule ClusterSRV.Native do
   end
 
   @doc false
-  def resolver_new(_nameservers, _search, _ndots, _timeout_ms, _attempts, _deadline_ms),
-    do: not_loaded()
+  def resolver_new(
+        _nameservers,
+        _vm_settings,
+        _search,
+        _ndots,
+        _timeout_ms,
+        _attempts,
+        _deadline_ms
+      ),
+      do: not_loaded()
 
   @doc false
   def resolver_plan(_resolver), do: not_loaded()

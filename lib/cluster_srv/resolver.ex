@@ -16,9 +16,11 @@ defmodule ClusterSRV.Resolver do
   ## Options
 
     * `:nameservers` - the servers to ask, each as `"ip"` (port 53), `"ip:port"`,
-      `"[ipv6]:port"`, `{ip_string, port}` or `{ip_tuple, port}`. When left out, the VM's own
-      resolver settings are used, as `:inet_res` uses them, else `/etc/resolv.conf` (see
-      `new/1`).
+      `"[ipv6]:port"`, `{ip_string, port}` or `{ip_tuple, port}`. A link-local IPv6 server
+      (`fe80::/10`) is reached through one interface, so it must be written with its zone:
+      `"fe80::1%eth0"`, `"[fe80::1%eth0]:53"` or `{"fe80::1%eth0", 53}` (an interface index
+      such as `%2` works too). When left out, the VM's own resolver settings are used, as
+      `:inet_res` uses them, else `/etc/resolv.conf` (see `new/1`).
     * `:timeout` - the time allowed for each try, in milliseconds. Defaults to `2_000`.
     * `:attempts` - the total number of tries. Defaults to `2`. A server that never answers gives
       `{:error, :timeout}` after about `timeout * attempts`.
@@ -115,8 +117,13 @@ defmodule ClusterSRV.Resolver do
        tried as it is before the search list;
     3. else `/etc/resolv.conf`, with its search list and `ndots`.
 
-  Raises `ArgumentError` for a malformed option, naming the value. Returns `{:error, reason}`
-  only when no server can be found (when `:nameservers` is left out).
+  The VM's settings drop a link-local server's zone, and hickory drops it from resolv.conf: the
+  zone then comes from resolv.conf's own `nameserver fe80::1%eth0` line, and a link-local
+  server whose zone is not known there is left out.
+
+  Raises `ArgumentError` for a malformed option, naming the value (a link-local server written
+  without its zone included). Returns `{:error, reason}` only when no server can be found (when
+  `:nameservers` is left out), for example when the only one is link-local with no zone.
 
       iex> {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"])
       iex> {resolver.source, resolver.servers}
@@ -138,7 +145,18 @@ defmodule ClusterSRV.Resolver do
       end
 
     # :inet_res tries a name with an embedded dot as it is first: ndots 1.
-    case Native.resolver_new(terms, search, 1, opts[:timeout], opts[:attempts], deadline(opts)) do
+    result =
+      Native.resolver_new(
+        terms,
+        source == :vm,
+        search,
+        1,
+        opts[:timeout],
+        opts[:attempts],
+        deadline(opts)
+      )
+
+    case result do
       {:ok, ref} ->
         %{servers: servers} = Native.resolver_plan(ref)
         fields = [ref: ref, source: source, servers: servers, system: system]

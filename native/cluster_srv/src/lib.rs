@@ -99,11 +99,14 @@ mod nif {
     /// Builds a resolver. A bad nameserver gives `{:error, {:invalid_nameserver, index, why}}`, with
     /// the index into the given list, so that Elixir can name the value the user wrote. With no
     /// nameservers, the system's resolv.conf gives the servers, search list and ndots; with
-    /// some, `search` and `ndots` go with them.
+    /// some, `search` and `ndots` go with them. `vm_settings` says the nameservers are the VM's
+    /// own settings, whose link-local servers come without their zone (see `Options`).
     #[rustler::nif]
+    #[allow(clippy::too_many_arguments)]
     fn resolver_new<'a>(
         env: Env<'a>,
         nameservers: Vec<NameserverArg>,
+        vm_settings: bool,
         search: Vec<String>,
         ndots: usize,
         timeout_ms: u64,
@@ -113,9 +116,13 @@ mod nif {
         guarded(env, || {
             let mut addresses = Vec::with_capacity(nameservers.len());
             for (index, nameserver) in nameservers.iter().enumerate() {
-                let parsed = match nameserver {
-                    NameserverArg::Text(text) => plan::parse_nameserver(text),
-                    NameserverArg::WithPort(ip, port) => plan::nameserver_with_port(ip, *port),
+                let parsed = match (nameserver, vm_settings) {
+                    (NameserverArg::Text(text), false) => plan::parse_nameserver(text),
+                    (NameserverArg::WithPort(ip, port), false) => {
+                        plan::nameserver_with_port(ip, *port)
+                    }
+                    (NameserverArg::Text(text), true) => plan::parse_address(text),
+                    (NameserverArg::WithPort(ip, port), true) => plan::address_with_port(ip, *port),
                 };
                 match parsed {
                     Ok(address) => addresses.push(address),
@@ -127,6 +134,7 @@ mod nif {
             }
             let options = Options {
                 nameservers: addresses,
+                vm_settings,
                 search,
                 ndots,
                 timeout: Duration::from_millis(timeout_ms),

@@ -23,7 +23,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use crate::answer::{build_records, classify, refuses_edns, worse, Outcome, SrvRecord};
 use crate::error::Error;
 use crate::names::{self, Candidate, Naming, Rules};
-use crate::plan::{candidate_names, parse_query_name, system_plan, Plan};
+use crate::plan::{self, candidate_names, parse_query_name, Plan};
 use crate::runtime::runtime;
 use crate::transport::{self, Request, UdpReply};
 
@@ -32,6 +32,9 @@ use crate::transport::{self, Request, UdpReply};
 pub struct Options {
     /// Servers to ask; empty means the system's resolv.conf, with its search list and ndots.
     pub nameservers: Vec<SocketAddr>,
+    /// Whether `nameservers` are the VM's own resolver settings, which drop an IPv6 zone: a
+    /// link-local one then takes its zone from resolv.conf's line for it, or is left out.
+    pub vm_settings: bool,
     /// The search list that goes with `nameservers` (ignored without them). Entries that are
     /// not valid domain names are left out.
     pub search: Vec<String>,
@@ -122,16 +125,20 @@ impl SrvResolver {
     /// Builds a resolver. No query is sent until the first lookup.
     pub fn new(options: &Options) -> Result<SrvResolver, Error> {
         let plan = if options.nameservers.is_empty() {
-            let (config, opts) =
-                hickory_resolver::system_conf::read_system_conf().map_err(|error| {
-                    Error::Io(format!(
-                        "cannot read the system resolver configuration: {error}"
-                    ))
-                })?;
-            system_plan(&config, &opts)
+            plan::resolv_conf_plan(&read_resolv_conf()?)?
         } else {
+            let servers = if options.vm_settings {
+                // A file that cannot be read gives no zone, as a line without one.
+                let text = read_resolv_conf().unwrap_or_default();
+                plan::scope_link_local(
+                    options.nameservers.clone(),
+                    &plan::resolv_conf_zones(&text),
+                )?
+            } else {
+                options.nameservers.clone()
+            };
             Plan {
-                servers: options.nameservers.clone(),
+                servers,
                 search: options
                     .search
                     .iter()
@@ -505,4 +512,15 @@ fn addresses_in(answer: &Message, record_type: RecordType) -> Result<Vec<IpAddr>
     } else {
         Ok(found)
     }
+}
+
+/// Where the system's resolver configuration is, as hickory reads it.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+fn read_resolv_conf() -> Result<String, Error> {
+    std::fs::read_to_string(RESOLV_CONF).map_err(|error| {
+        Error::Io(format!(
+            "cannot read the system resolver configuration {RESOLV_CONF}: {error}"
+        ))
+    })
 }

@@ -23,7 +23,8 @@ defmodule ClusterSRV.Harness.DNS do
   every answer `cache_ttl` seconds (default 30) whatever its TTL, as NodeLocal DNSCache or
   CoreDNS's `cache 30` may serve a pod answers that old.
 
-  With `minimal_responses: true`, answers carry no additional section, so an SRV answer gives
+  With `listen_v6: true`, it also listens on every IPv6 address of its network (namespace), on
+  the same port, link-local ones included. With `minimal_responses: true`, answers carry no additional section, so an SRV answer gives
   no address and a client must ask each target's. With `drops: true`, `drop/2` makes the server
   drop every query for a name (a response policy zone's `rpz-drop`, as a DNS firewall drops
   queries), until `undrop/2`; it needs recursion on for the server's own address, so names
@@ -143,6 +144,7 @@ defmodule ClusterSRV.Harness.DNS do
       cache_ttl: Keyword.get(opts, :cache_ttl, 30),
       minimal_responses: Keyword.get(opts, :minimal_responses, false),
       drops: Keyword.get(opts, :drops, false),
+      listen_v6: Keyword.get(opts, :listen_v6, false),
       port: nil,
       os_port: nil,
       services: Map.new(services, &{{&1.name, &1.namespace}, &1})
@@ -434,11 +436,13 @@ defmodule ClusterSRV.Harness.DNS do
         {"recursion no;", "", ""}
       end
 
+    listen_v6 = if state.listen_v6, do: "port #{port} { any; }", else: "{ none; }"
+
     """
     options {
       directory "#{dir}";
       listen-on port #{port} { #{ip}; };
-      listen-on-v6 { none; };
+      listen-on-v6 #{listen_v6};
       #{recursion}
       #{policy}
       dnssec-validation no;
