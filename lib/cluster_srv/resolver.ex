@@ -174,7 +174,8 @@ defmodule ClusterSRV.Resolver do
   The resolver to use now: `resolver` itself, or, when it took its servers from the VM's resolver
   settings or resolv.conf and those have changed since it was built, a new one built the same
   way. Its options are the same; the strategy calls this before every poll, as `:inet_res`
-  rereads resolv.conf before a query.
+  rereads resolv.conf before a query. resolv.conf is looked at only when the resolver reads it:
+  when the VM gives no server, or a link-local one, whose zone the file gives.
 
       iex> {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"])
       iex> ClusterSRV.Resolver.current(resolver) == resolver
@@ -198,16 +199,25 @@ defmodule ClusterSRV.Resolver do
   end
 
   # What a resolver without `nameservers` was built from: the VM's resolver settings, and when
-  # and how resolv.conf was last written (hickory reads it when the VM gives no server).
+  # and how resolv.conf was last written, but only when the resolver reads that file: when the
+  # VM gives no server (hickory reads it), or a link-local one (its zone is read from there).
   defp system_settings do
+    {servers, _search} = vm = vm_settings()
+
     resolv_conf =
-      case :file.read_file_info(~c"/etc/resolv.conf", [:raw, time: :posix]) do
-        {:ok, info} -> @resolv_conf_fields |> Enum.map(&elem(info, &1)) |> List.to_tuple()
-        {:error, reason} -> reason
+      if servers == [] or Enum.any?(servers, &link_local?/1) do
+        case :file.read_file_info(~c"/etc/resolv.conf", [:raw, time: :posix]) do
+          {:ok, info} -> @resolv_conf_fields |> Enum.map(&elem(info, &1)) |> List.to_tuple()
+          {:error, reason} -> reason
+        end
       end
 
-    {vm_settings(), resolv_conf}
+    {vm, resolv_conf}
   end
+
+  # fe80::/10, as :inet.ntoa/1 writes it (its first group always has four digits).
+  defp link_local?({<<"fe", digit, _, ":", _::binary>>, _port}), do: digit in ~c"89ab"
+  defp link_local?(_server), do: false
 
   # The VM's own resolver settings, refreshed from resolv.conf as :inet_res refreshes them
   # before a query (it rereads the file at most every 5 s, when it has changed). Servers the
