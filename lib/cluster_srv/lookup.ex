@@ -3,7 +3,10 @@ defmodule ClusterSRV.Lookup do
   One poll's lookup of every source of the config (each name and record type), by the native
   resolver or by the user's `resolver` function, in one shape: a result per source,
   `[{source, result}]`, each `{:ok, %{records: count, nodes: [node()], rejected: [{target,
-  reason}]}}` or `{:error, reason}`.
+  reason}], unresolved: [{target, reason}]}}` or `{:error, reason}`. `unresolved` lists, with
+  `node_naming: :ip`, the SRV targets whose addresses could not be resolved (a failed or timed
+  out query, or no address at all for a target DNS lists): they are neither named nor
+  rejected, since they may be live pods. It is `[]` for A and AAAA sources.
 
   The native resolver asks every source at once in one call, and names the nodes of SRV
   answers on its own runtime (`ClusterSRV.Resolver.async_discover_all/3`); A and AAAA
@@ -12,7 +15,8 @@ defmodule ClusterSRV.Lookup do
   hostent back: an SRV hostent gives records, an `:inet` or `:inet6` one addresses), once per
   name, in a linked process of its own, so it may block as long as it likes; its records are
   sorted as the native ones, and with `node_naming: :ip` its targets are resolved with
-  `:inet`. Either way, a lookup ends by `ClusterSRV.Resolver.reply_timeout/2` at the latest:
+  `:inet` by the native resolver's rule (A first, AAAA only after a negative A answer). Either
+  way, a lookup ends by `ClusterSRV.Resolver.reply_timeout/2` at the latest:
   the resolver's own deadline, plus a margin that guards against a stuck runtime; a lookup that
   fails as a whole (its deadline, a crash) gives every source that failure.
 
@@ -43,7 +47,13 @@ defmodule ClusterSRV.Lookup do
         }
 
   @type result ::
-          {:ok, %{records: non_neg_integer(), nodes: [node()], rejected: [{String.t(), atom()}]}}
+          {:ok,
+           %{
+             records: non_neg_integer(),
+             nodes: [node()],
+             rejected: [{String.t(), atom()}],
+             unresolved: [{String.t(), term()}]
+           }}
           | {:error, term()}
 
   @type results :: [{Config.source(), result()}]
@@ -165,11 +175,9 @@ defmodule ClusterSRV.Lookup do
 
   defp named(source, {:ok, %{addresses: addresses, records: records}}, config) do
     {:ok,
-     Map.put(
-       Resolver.address_names(addresses, source.basename, config.max_nodes),
-       :records,
-       records
-     )}
+     addresses
+     |> Resolver.address_names(source.basename, config.max_nodes)
+     |> Map.merge(%{records: records, unresolved: []})}
   end
 
   defp named(_source, result, _config), do: result
@@ -215,7 +223,9 @@ defmodule ClusterSRV.Lookup do
     end
   end
 
-  defp function_found(%{type: :srv} = source, {:srv, records}, config) do
+  # Unresolved targets are named with the others here, so this shows them rejected as
+  # :no_address.
+  defp function_found(%{type: :srv} = source, {:srv, records, _unresolved}, config) do
     with {:ok, names} <- Resolver.node_names(records, naming(config, source)) do
       {:ok, Map.put(names, :records, records)}
     end
@@ -278,9 +288,25 @@ defmodule ClusterSRV.Lookup do
         do: {name, function_answer(fun, name, config)}
   end
 
-  defp function_result(%{type: :srv} = source, {:srv, records}, config) do
+  # Unresolved targets reach node_names with no address: one the rules reject for another
+  # reason stays rejected (the native resolver never asks for those), one rejected only for
+  # :no_address is reported unresolved instead, with why.
+  defp function_result(%{type: :srv} = source, {:srv, records, unresolved}, config) do
     with {:ok, names} <- Resolver.node_names(records, naming(config, source)) do
-      {:ok, Map.put(names, :records, length(records))}
+      why = Map.new(unresolved)
+
+      {unresolved, rejected} =
+        Enum.split_with(names.rejected, fn {target, reason} ->
+          reason == :no_address and Map.has_key?(why, target)
+        end)
+
+      {:ok,
+       %{
+         records: length(records),
+         nodes: names.nodes,
+         rejected: rejected,
+         unresolved: for({target, _} <- unresolved, do: {target, why[target]})
+       }}
     end
   end
 
@@ -308,9 +334,15 @@ defmodule ClusterSRV.Lookup do
           |> Enum.sort_by(&{&1.priority, sort_key(&1.target), &1.port, &1.weight})
 
         cond do
-          records == [] -> {:error, :no_records}
-          config.node_naming == :ip -> {:srv, fill_addresses(records)}
-          true -> {:srv, records}
+          records == [] ->
+            {:error, :no_records}
+
+          config.node_naming == :ip ->
+            {records, unresolved} = fill_addresses(records)
+            {:srv, records, unresolved}
+
+          true ->
+            {:srv, records, []}
         end
 
       {:ok, {:hostent, _name, _aliases, family, _count, addresses}}
@@ -359,31 +391,71 @@ defmodule ClusterSRV.Lookup do
 
   defp srv_entry_to_record(_malformed), do: []
 
+  # Resolves each distinct target by the native resolver's rule (A first, AAAA only after a
+  # negative A answer): the records with the addresses found, and the targets that could not be
+  # resolved, written as node_names/2 writes targets, each with why.
   defp fill_addresses(records) do
-    records
-    |> Task.async_stream(
-      fn record ->
-        host = String.to_charlist(record.target)
+    resolved =
+      records
+      |> Enum.map(& &1.target)
+      |> Enum.uniq()
+      |> Task.async_stream(&{&1, target_addresses(String.to_charlist(&1))},
+        max_concurrency: 16,
+        ordered: true,
+        # The lookup's own deadline bounds the whole of it.
+        timeout: :infinity
+      )
+      |> Enum.map(fn {:ok, result} -> result end)
 
-        addresses =
-          case :inet.getaddrs(host, :inet) do
-            {:ok, addresses} ->
-              addresses
+    found = for {target, {:ok, addresses}} <- resolved, into: %{}, do: {target, addresses}
+    unresolved = for {target, {:error, reason}} <- resolved, do: {sort_key(target), reason}
+    records = for record <- records, do: %{record | addresses: Map.get(found, record.target, [])}
+    {records, unresolved}
+  end
 
-            {:error, _} ->
-              case :inet.getaddrs(host, :inet6) do
-                {:ok, addresses} -> addresses
-                {:error, _} -> []
-              end
-          end
+  # A failed A query is the target's failure: asking AAAA then would name a dual-stack pod after
+  # its IPv6 address, another node. Both negative is :no_records, since the SRV answer lists it.
+  defp target_addresses(host) do
+    with :negative <- family_addresses(host, :inet, :a),
+         :negative <- family_addresses(host, :inet6, :aaaa) do
+      {:error, :no_records}
+    end
+  end
 
-        %{record | addresses: addresses}
-      end,
-      max_concurrency: 16,
-      ordered: true,
-      # The lookup's own deadline bounds the whole of it.
-      timeout: :infinity
-    )
-    |> Enum.map(fn {:ok, record} -> record end)
+  defp family_addresses(host, family, type) do
+    case :inet.getaddrs(host, family) do
+      {:ok, addresses} -> {:ok, addresses}
+      # OTP gives :nxdomain for every failure of the lookup, a timeout or SERVFAIL included.
+      {:error, :nxdomain} -> dns_answer(host, type)
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  # What DNS itself answers, to tell a negative answer from a failure: :negative for no such
+  # name or no record of the type, the addresses if it answers them this time, else the failure.
+  defp dns_answer(host, type) do
+    case :inet_res.resolve(host, :in, type) do
+      {:ok, message} ->
+        case for(
+               rr <- :inet_dns.msg(message, :anlist),
+               :inet_dns.rr(rr, :type) == type,
+               do: :inet_dns.rr(rr, :data)
+             ) do
+          [] -> :negative
+          addresses -> {:ok, Enum.uniq(addresses)}
+        end
+
+      {:error, :nxdomain} ->
+        :negative
+
+      {:error, {:nxdomain, _message}} ->
+        :negative
+
+      {:error, {reason, _message}} ->
+        {:error, reason}
+
+      {:error, reason} ->
+        {:error, reason}
+    end
   end
 end

@@ -43,8 +43,16 @@ defmodule ClusterSRV.Native do
   end
 
   @doc false
-  def resolver_new(_nameservers, _search, _ndots, _timeout_ms, _attempts, _deadline_ms),
-    do: not_loaded()
+  def resolver_new(
+        _nameservers,
+        _vm_settings,
+        _search,
+        _ndots,
+        _timeout_ms,
+        _attempts,
+        _deadline_ms
+      ),
+      do: not_loaded()
 
   @doc false
   def resolver_plan(_resolver), do: not_loaded()
@@ -61,6 +69,9 @@ defmodule ClusterSRV.Native do
 
   @doc false
   def node_names(_candidates, _basename, _domain, _naming, _max_nodes), do: not_loaded()
+
+  @doc false
+  def node_names_dirty(_candidates, _basename, _domain, _naming, _max_nodes), do: not_loaded()
 
   if Mix.env() == :test do
     @doc false

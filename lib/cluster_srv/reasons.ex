@@ -31,6 +31,14 @@ defmodule ClusterSRV.Reasons do
   def describe_failure(:timeout), do: "no answer in time"
   def describe_failure(:servfail), do: "the server answered SERVFAIL"
   def describe_failure(:refused), do: "the server refused the query"
+
+  def describe_failure(:answer_too_large) do
+    "the answer does not fit in one DNS message (65,535 bytes): the service has outgrown one " <>
+      "DNS answer. Split the pods into several services and ask each as a query of its own " <>
+      "(query: [...]), or find them by the service's A records (dns_rr_types: [:a]), which name " <>
+      "the nodes after their IPs and take about a quarter of the room per pod"
+  end
+
   def describe_failure(:no_valid_names), do: "the answer held no valid node name"
   def describe_failure({:io, message}) when is_binary(message), do: message
   def describe_failure({:invalid_name, name}), do: "not a valid DNS name: #{inspect(name)}"

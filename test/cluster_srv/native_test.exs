@@ -83,6 +83,44 @@ defmodule ClusterSRV.NativeTest do
     refute output =~ "Run `mix compile`"
   end
 
+  test "a runtime that could not start is started again by a later call" do
+    # In a VM of its own, with its file descriptors used up before the NIF loads (interactive
+    # mode loads it at the first call): all but one, which loading the library needs.
+    script = ~S"""
+    alias ClusterSRV.Harness.{DNS, Zone}
+    alias ClusterSRV.Resolver
+    service = Zone.service("fd", "default", pods: [{"fd-0", {127, 0, 0, 10}}])
+    dns = DNS.start!(services: [service])
+    false = :code.is_loaded(ClusterSRV.Native)
+
+    exhaust = fn exhaust, held ->
+      case :gen_udp.open(0) do
+        {:ok, socket} -> exhaust.(exhaust, [socket | held])
+        {:error, :emfile} -> held
+      end
+    end
+
+    [spare | held] = exhaust.(exhaust, [])
+    :gen_udp.close(spare)
+    IO.puts("exhausted: " <> inspect(Resolver.new(nameservers: [DNS.nameserver(dns)])))
+    Enum.each(held, &:gen_udp.close/1)
+    {:ok, resolver} = Resolver.new(nameservers: [DNS.nameserver(dns)])
+    IO.puts("freed: " <> inspect(Resolver.lookup(resolver, Zone.service_name(service))))
+    DNS.stop(dns)
+    """
+
+    {output, 0} =
+      System.cmd("elixir", ["-pa", Path.join(Mix.Project.app_path(), "ebin"), "-e", script],
+        stderr_to_stdout: true
+      )
+
+    assert output =~
+             ~s|exhausted: {:error, {:io, "cannot start the tokio runtime: Too many open files|
+
+    assert output =~ ~s|freed: {:ok, [%ClusterSRV.Record{|
+    assert output =~ "fd-0.fd.default.svc.cluster.local"
+  end
+
   @tag :tmp_dir
   test "without the library, a call explains how to build it", %{tmp_dir: tmp_dir} do
     # A copy of the app's code with no priv dir: what a user sees if the NIF was never built.

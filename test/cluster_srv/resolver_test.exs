@@ -44,6 +44,64 @@ defmodule ClusterSRV.ResolverTest do
       end
     end
 
+    test "current/1 looks at resolv.conf only when the resolver reads it" do
+      # In a VM of its own, whose resolver settings (global to a VM) it changes; the calls to
+      # stat resolv.conf are counted by tracing a process that calls current/1 (a process
+      # cannot trace its own calls).
+      script = ~S"""
+      alias ClusterSRV.Resolver
+
+      stats = fn fun ->
+        :erlang.trace_pattern({:file, :read_file_info, 2}, true, [:local])
+        parent = self()
+        caller = spawn(fn -> receive do: (:go -> send(parent, {:done, fun.()})) end)
+        :erlang.trace(caller, true, [:call])
+        send(caller, :go)
+        receive do: ({:done, _} -> :ok)
+
+        count = fn count, n ->
+          receive do
+            {:trace, _, :call, {:file, :read_file_info, [~c"/etc/resolv.conf", _]}} ->
+              count.(count, n + 1)
+          after
+            100 -> n
+          end
+        end
+
+        count.(count, 0)
+      end
+
+      set_vm_servers = fn servers ->
+        :inet_db.res_update_conf()
+        for {ip, port} <- :inet_db.res_option(:nameservers), do: :inet_db.del_ns(ip, port)
+        for {ip, port} <- :inet_db.res_option(:alt_nameservers), do: :inet_db.del_alt_ns(ip, port)
+        for {ip, port} <- servers, do: :inet_db.add_ns(ip, port)
+      end
+
+      set_vm_servers.([{{127, 0, 0, 1}, 5353}])
+      {:ok, resolver} = Resolver.new()
+      IO.puts("same: #{Resolver.current(resolver) == resolver}")
+      IO.puts("vm: #{resolver.source} #{stats.(fn -> Resolver.current(resolver) end)}")
+
+      set_vm_servers.([{{0xFE80, 0, 0, 0, 0, 0, 0, 1}, 53}, {{127, 0, 0, 1}, 5353}])
+      {:ok, resolver} = Resolver.new()
+      IO.puts("link-local: #{resolver.source} #{stats.(fn -> Resolver.current(resolver) end)}")
+
+      set_vm_servers.([])
+      IO.puts("none: #{stats.(fn -> Resolver.current(resolver) end)}")
+      """
+
+      {output, 0} =
+        System.cmd("elixir", ["-pa", Path.join(Mix.Project.app_path(), "ebin"), "-e", script],
+          stderr_to_stdout: true
+        )
+
+      assert output =~ "same: true"
+      assert output =~ "vm: vm 0"
+      assert output =~ ~r/link-local: vm [1-9]/
+      assert output =~ ~r/none: [1-9]/
+    end
+
     test "a malformed nameserver raises and names the value the user wrote" do
       for {bad, why} <- [
             {"10.0.0.1:99999", ~s|port "99999" is not in 1..65535|},

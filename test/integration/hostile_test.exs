@@ -16,7 +16,7 @@ defmodule ClusterSRV.Integration.HostileTest do
   @attempts 2
   @malformed ~w(longname longlabel garbage loop tcptrunc)
   @unanswered ~w(wrongid otherq slow silent)
-  @all ~w(ok many flood panic) ++ @malformed ++ @unanswered
+  @all ~w(ok many flood panic tcppartial) ++ @malformed ++ @unanswered
 
   setup_all do
     hostile = HostileDNS.start!()
@@ -61,6 +61,18 @@ defmodule ClusterSRV.Integration.HostileTest do
       for kase <- @unanswered do
         assert Resolver.lookup(resolver, HostileDNS.name(kase)) == {:error, :timeout}, kase
       end
+    end
+
+    test "part of a set that does not fit in one message is :answer_too_large, never a list",
+         %{hostile: hostile, resolver: resolver} do
+      assert Resolver.lookup(resolver, HostileDNS.name("tcppartial")) ==
+               {:error, :answer_too_large}
+
+      # On one long-lived resolver, through the fault and back.
+      HostileDNS.switch(hostile, "tcppartial")
+      assert Resolver.lookup(resolver, HostileDNS.name("switch")) == {:error, :answer_too_large}
+      HostileDNS.switch(hostile, "ok")
+      assert {:ok, [_, _, _]} = Resolver.lookup(resolver, HostileDNS.name("switch"))
     end
 
     test "thousands of records come over TCP, every one kept as it came", %{resolver: resolver} do
@@ -110,12 +122,29 @@ defmodule ClusterSRV.Integration.HostileTest do
 
       assert_receive {:cluster_srv_lookup, ^ref, {:ok, answer}}, 3_000
       assert answer.nodes == [:"app@127.0.0.7"]
-      assert {"hang-0.fill.hostile.test", :no_address} in answer.rejected
+      assert answer.unresolved == [{"hang-0.fill.hostile.test", :timeout}]
 
       asked = HostileDNS.a_queries(hostile) -- before
       assert "ok-0.fill.hostile.test" in asked
       # Neither the 20 invalid targets nor the 3 outside the domain were ever queried.
       refute Enum.any?(asked, &(&1 =~ ~r/^bad_|^evil/))
+    end
+
+    test "a target whose A query is never answered is unresolved with :timeout in every poll: " <>
+           "neither rejected nor named after its AAAA record",
+         %{resolver: resolver} do
+      source = {HostileDNS.name("fill"), :srv, "app", HostileDNS.domain("fill"), :ip}
+
+      # Poll after poll on the one long-lived resolver, as the strategy polls.
+      for _ <- 1..3 do
+        ref = Resolver.async_discover_all(resolver, [source], 1_000)
+        assert_receive {:cluster_srv_lookup, ^ref, {:ok, [{:ok, answer}]}}, 3_000
+        assert answer.nodes == [:"app@127.0.0.7"]
+        assert answer.unresolved == [{"hang-0.fill.hostile.test", :timeout}]
+        refute Enum.any?(answer.rejected, fn {target, _} -> target =~ "hang-0" end)
+      end
+
+      assert {:ok, [_, _, _]} = Resolver.lookup(resolver, HostileDNS.name("ok"))
     end
   end
 

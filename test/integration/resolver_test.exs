@@ -152,6 +152,46 @@ defmodule ClusterSRV.Integration.ResolverTest do
     end
   end
 
+  describe "an answer too large for one DNS message" do
+    defp statefulset(count) do
+      pods = for i <- 0..(count - 1), do: {"myapp-#{i}", {10, 1, div(i, 250), rem(i, 250) + 1}}
+      Zone.service("myapp-headless", "default", pods: pods)
+    end
+
+    test "is :answer_too_large, and the same resolver lists the service once it fits again" do
+      dns = DNS.start!()
+
+      try do
+        {:ok, resolver} =
+          Resolver.new(nameservers: [DNS.nameserver(dns)], timeout: 2_000, attempts: 2)
+
+        DNS.put_service(dns, statefulset(1_000))
+        name = Zone.service_name(statefulset(1_000))
+
+        # BIND's own answer over TCP: NOERROR, TC, and not one record.
+        {answer, 0} =
+          System.cmd("dig", ["+tcp", "-p", to_string(dns.port), "@127.0.0.1", name, "SRV"])
+
+        assert answer =~ ~r/status: NOERROR/
+        assert answer =~ ~r/flags: qr aa tc/
+        assert answer =~ ~r/ANSWER: 0,/
+
+        assert Resolver.lookup(resolver, name) == {:error, :answer_too_large}
+
+        ref =
+          Resolver.async_discover_all(resolver, [{name, :srv, "myapp", nil, :hostname}], 1_000)
+
+        assert_receive {:cluster_srv_lookup, ^ref, {:ok, [{:error, :answer_too_large}]}}, 5_000
+
+        DNS.put_service(dns, statefulset(800))
+        assert {:ok, records} = Resolver.lookup(resolver, name)
+        assert length(records) == 800
+      after
+        DNS.stop(dns)
+      end
+    end
+  end
+
   describe "a server that never answers" do
     setup do
       silent = Silent.start!(udp: true)
@@ -252,12 +292,13 @@ defmodule ClusterSRV.Integration.ResolverTest do
     end
 
     test "lookups of 500 records do not block schedulers either", %{resolver: resolver} do
-      {events, _} =
+      {events, caller} =
         with_long_schedule_monitor(fn ->
           for _ <- 1..20, do: {:ok, _} = Resolver.lookup(resolver, Zone.service_name(@big))
+          self()
         end)
 
-      assert for({who, info} <- events, who == self(), do: info) == []
+      assert for({who, info} <- events, who == caller, do: info) == []
     end
   end
 
@@ -307,7 +348,8 @@ defmodule ClusterSRV.Integration.ResolverTest do
       assert answer == %{
                records: 3,
                nodes: [:"app@ok-0.mixed.default.svc.cluster.local"],
-               rejected: [{"elsewhere.example.com", :outside_domain}]
+               rejected: [{"elsewhere.example.com", :outside_domain}],
+               unresolved: []
              }
     end
 
@@ -332,6 +374,36 @@ defmodule ClusterSRV.Integration.ResolverTest do
     end
   end
 
+  describe "node_names/2" do
+    test "60,000 targets hold no scheduler for 10 ms" do
+      domain = "myapp-headless.default.svc.cluster.local"
+
+      records =
+        for i <- 1..60_000 do
+          %Record{
+            priority: 0,
+            weight: 1,
+            port: 4370,
+            ttl: 5,
+            target: "myapp-#{i}.#{domain}",
+            addresses: [{10, 1, div(i, 250), rem(i, 250)}]
+          }
+        end
+
+      opts = [application_name: "myapp", domain: domain, max_nodes: 60_000]
+      # Warm up: the first call loads code and makes the atoms.
+      {:ok, _} = Resolver.node_names(records, opts)
+
+      # 10 ms: a margin above what the OS's scheduling of this busy machine may add.
+      {events, {caller, result}} =
+        with_long_schedule_monitor(10, fn -> {self(), Resolver.node_names(records, opts)} end)
+
+      assert {:ok, %{nodes: nodes, rejected: []}} = result
+      assert length(nodes) == 60_000
+      assert for({who, info} <- events, who == caller, do: info) == []
+    end
+  end
+
   describe "nameserver forms reach the same server" do
     test "string, {ip_string, port} and {ip_tuple, port}", %{dns: dns} do
       for form <- ["127.0.0.1:#{dns.port}", {"127.0.0.1", dns.port}, {{127, 0, 0, 1}, dns.port}] do
@@ -341,15 +413,21 @@ defmodule ClusterSRV.Integration.ResolverTest do
     end
   end
 
-  # Runs `fun` with long_schedule monitoring (1 ms) and returns the events it caused.
-  # Runs `fun` under long_schedule monitoring (1 ms) and returns the events seen, with what
-  # `fun` returned.
-  defp with_long_schedule_monitor(fun) do
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+  # Runs `fun` under long_schedule monitoring (1 ms unless given) and returns the events seen,
+  # with what `fun` returned. `fun` runs in a process of its own, since the VM never reports the
+  # monitoring process itself, which then waits: a process is reported when it is scheduled
+  # out, and one that exits in the slot it ran in may never be.
+  defp with_long_schedule_monitor(ms \\ 1, fun) do
+    previous = :erlang.system_monitor(self(), [{:long_schedule, ms}])
 
     returned =
       try do
-        fun.()
+        Task.async(fn ->
+          returned = fun.()
+          Process.sleep(1)
+          returned
+        end)
+        |> Task.await(:infinity)
       after
         case previous do
           {pid, options} -> :erlang.system_monitor(pid, options)
@@ -360,11 +438,12 @@ defmodule ClusterSRV.Integration.ResolverTest do
     {collect_monitor_events([]), returned}
   end
 
+  # An event is sent when its process is scheduled out, which may be after `fun`'s reply came.
   defp collect_monitor_events(acc) do
     receive do
       {:monitor, who, :long_schedule, info} -> collect_monitor_events([{who, info} | acc])
     after
-      0 -> Enum.reverse(acc)
+      100 -> Enum.reverse(acc)
     end
   end
 end

@@ -72,6 +72,7 @@ fn main() {
     let ours = Arc::new(
         SrvResolver::new(&Options {
             nameservers: vec![server],
+            vm_settings: false,
             search: vec![],
             ndots: 1,
             timeout: Duration::from_secs(2),

@@ -38,8 +38,15 @@ pub(crate) enum Outcome {
     TryNext(Error),
 }
 
+/// What a whole answer means: one that came over UDP without TC, or over TCP (a truncated UDP
+/// answer is asked again over TCP, so it never comes here).
 pub(crate) fn classify(message: Message, record_type: RecordType) -> Outcome {
     match message.metadata.response_code {
+        // TC on a TCP answer: the set does not fit in one message, and what came (part of the
+        // records, or none) is neither the list nor "no records". Every server holds the same set.
+        ResponseCode::NoError if message.metadata.truncation => {
+            Outcome::Final(Error::AnswerTooLarge)
+        }
         ResponseCode::NoError => {
             if message
                 .answers
@@ -204,6 +211,31 @@ mod tests {
                 RecordType::SRV
             )),
             ("final", Some(Error::NoRecords))
+        );
+    }
+
+    #[test]
+    fn a_truncated_answer_is_too_large_whether_it_holds_part_of_the_records_or_none() {
+        let owner = "svc.ns.svc.cluster.local.";
+        let part = vec![srv(owner, 0, 1, 4370, "a.svc.ns.svc.cluster.local.")];
+        for answers in [vec![], part] {
+            let mut message = answer(ResponseCode::NoError, answers);
+            message.metadata.truncation = true;
+            assert_eq!(
+                reason(classify(message, RecordType::SRV)),
+                ("final", Some(Error::AnswerTooLarge))
+            );
+        }
+        // Another response code keeps its own meaning.
+        let mut message = answer(ResponseCode::NXDomain, vec![]);
+        message.metadata.truncation = true;
+        assert_eq!(
+            reason(classify(message, RecordType::SRV)),
+            ("final", Some(Error::NxDomain))
+        );
+        assert_eq!(
+            worse(Some(Error::NxDomain), Error::AnswerTooLarge),
+            Error::AnswerTooLarge
         );
     }
 

@@ -8,6 +8,7 @@ mod atoms {
         timeout,
         servfail,
         refused,
+        answer_too_large,
         invalid_name,
         io,
         panic,
@@ -32,6 +33,10 @@ pub enum Error {
     /// The server refused the query.
     #[error("the server refused the query")]
     Refused,
+    /// The answer does not fit in one DNS message (65,535 bytes): over TCP, the server set TC
+    /// and sent part of the records or none.
+    #[error("the answer does not fit in one DNS message")]
+    AnswerTooLarge,
     /// The query name is not a valid DNS name.
     #[error("not a valid DNS name: {0:?}")]
     InvalidName(String),
@@ -52,6 +57,7 @@ impl rustler::Encoder for Error {
             Error::Timeout => atoms::timeout().encode(env),
             Error::ServFail => atoms::servfail().encode(env),
             Error::Refused => atoms::refused().encode(env),
+            Error::AnswerTooLarge => atoms::answer_too_large().encode(env),
             Error::InvalidName(name) => (atoms::invalid_name(), name).encode(env),
             Error::Io(message) => (atoms::io(), message).encode(env),
             Error::Panic(message) => (atoms::panic(), message).encode(env),

@@ -34,7 +34,7 @@ mod nif {
     use crate::error::{panic_message, Error};
     use crate::names::{self, Candidate, Naming, Rules};
     use crate::plan;
-    use crate::resolver::{Found, Options, Source, SrvResolver};
+    use crate::resolver::{Discovery, Found, Options, Source, SrvResolver};
     use crate::runtime::runtime;
     use hickory_resolver::proto::rr::RecordType;
 
@@ -56,6 +56,7 @@ mod nif {
             nodes,
             records,
             rejected,
+            unresolved,
             ip,
             servers,
             search,
@@ -98,11 +99,14 @@ mod nif {
     /// Builds a resolver. A bad nameserver gives `{:error, {:invalid_nameserver, index, why}}`, with
     /// the index into the given list, so that Elixir can name the value the user wrote. With no
     /// nameservers, the system's resolv.conf gives the servers, search list and ndots; with
-    /// some, `search` and `ndots` go with them.
+    /// some, `search` and `ndots` go with them. `vm_settings` says the nameservers are the VM's
+    /// own settings, whose link-local servers come without their zone (see `Options`).
     #[rustler::nif]
+    #[allow(clippy::too_many_arguments)]
     fn resolver_new<'a>(
         env: Env<'a>,
         nameservers: Vec<NameserverArg>,
+        vm_settings: bool,
         search: Vec<String>,
         ndots: usize,
         timeout_ms: u64,
@@ -112,9 +116,13 @@ mod nif {
         guarded(env, || {
             let mut addresses = Vec::with_capacity(nameservers.len());
             for (index, nameserver) in nameservers.iter().enumerate() {
-                let parsed = match nameserver {
-                    NameserverArg::Text(text) => plan::parse_nameserver(text),
-                    NameserverArg::WithPort(ip, port) => plan::nameserver_with_port(ip, *port),
+                let parsed = match (nameserver, vm_settings) {
+                    (NameserverArg::Text(text), false) => plan::parse_nameserver(text),
+                    (NameserverArg::WithPort(ip, port), false) => {
+                        plan::nameserver_with_port(ip, *port)
+                    }
+                    (NameserverArg::Text(text), true) => plan::parse_address(text),
+                    (NameserverArg::WithPort(ip, port), true) => plan::address_with_port(ip, *port),
                 };
                 match parsed {
                     Ok(address) => addresses.push(address),
@@ -126,6 +134,7 @@ mod nif {
             }
             let options = Options {
                 nameservers: addresses,
+                vm_settings,
                 search,
                 ndots,
                 timeout: Duration::from_millis(timeout_ms),
@@ -197,8 +206,10 @@ mod nif {
 
     /// Starts a lookup whose answer is turned into node names on the runtime, so the caller
     /// receives only `{:cluster_srv_lookup, tag, {:ok, %{records: count, nodes: [atom],
-    /// rejected: [{target, reason}]}} | {:error, reason}}`: none of the answer's records reach
-    /// the caller's heap, and no scheduler runs the validation.
+    /// rejected: [{target, reason}], unresolved: [{target, reason}]}} | {:error, reason}}`:
+    /// none of the answer's records reach the caller's heap, and no scheduler runs the
+    /// validation. `unresolved` lists the targets whose addresses could not be resolved for
+    /// `:ip` naming, with the error why (see `SrvResolver::discover`).
     #[rustler::nif]
     #[allow(clippy::too_many_arguments)]
     fn start_discover<'a>(
@@ -215,8 +226,8 @@ mod nif {
             let name = utf8_name(name);
             let rules = rules(basename, domain, naming, max_nodes);
             spawn_reply(env, tag, async move {
-                let (records, outcome) = resource.resolver.discover(&name?, &rules).await?;
-                Ok(Answer::Names { records, outcome })
+                let discovery = resource.resolver.discover(&name?, &rules).await?;
+                Ok(Answer::Names(discovery))
             })
         })
     }
@@ -224,8 +235,9 @@ mod nif {
     /// Starts a discovery of several sources at once, each `{name, type, basename, domain,
     /// naming}`: the caller receives `{:cluster_srv_lookup, tag, {:ok, [result]}}`, a result
     /// per source in their order. An SRV source's result is `{:ok, %{records: count, nodes:
-    /// [atom], rejected: [{target, reason}]}}`, its targets turned into node names here, so
-    /// that none of the records reach the caller's heap and no scheduler runs the validation;
+    /// [atom], rejected: [{target, reason}], unresolved: [{target, reason}]}}` (as
+    /// `start_discover` gives it), its targets turned into node names here, so that none of
+    /// the records reach the caller's heap and no scheduler runs the validation;
     /// an A or AAAA source's is `{:ok, %{records: count, addresses: [ip]}}`; a failed one's is
     /// `{:error, reason}`. This is the strategy's poll.
     #[rustler::nif]
@@ -377,10 +389,7 @@ mod nif {
     enum Answer {
         Records(Vec<SrvRecord>),
         Addresses(Vec<IpAddr>),
-        Names {
-            records: usize,
-            outcome: names::Outcome,
-        },
+        Names(Discovery),
         Discovered(Vec<Result<Found, Error>>),
     }
 
@@ -403,27 +412,40 @@ mod nif {
                     }
                     Ok(terms.encode(env))
                 }
-                Answer::Names { records, outcome } => encode_names(env, *records, outcome),
+                Answer::Names(discovery) => encode_names(env, discovery),
             }
         }
     }
 
-    /// `%{records: count, nodes: [atom], rejected: [{target, reason}]}`.
-    fn encode_names<'a>(
-        env: Env<'a>,
-        records: usize,
-        outcome: &names::Outcome,
-    ) -> Result<Term<'a>, Error> {
-        let (nodes, rejected) = encode_outcome(env, outcome)?;
-        let keys = [atoms::nodes(), atoms::records(), atoms::rejected()].map(|k| k.encode(env));
-        let values = [nodes, records.encode(env), rejected];
+    /// `%{records: count, nodes: [atom], rejected: [{target, reason}], unresolved: [{target,
+    /// reason}]}`, each unresolved reason the error term of why.
+    fn encode_names<'a>(env: Env<'a>, discovery: &Discovery) -> Result<Term<'a>, Error> {
+        let (nodes, rejected) = encode_outcome(env, &discovery.outcome)?;
+        let unresolved: Vec<(&str, &Error)> = discovery
+            .unresolved
+            .iter()
+            .map(|(target, error)| (target.as_str(), error))
+            .collect();
+        let keys = [
+            atoms::nodes(),
+            atoms::records(),
+            atoms::rejected(),
+            atoms::unresolved(),
+        ]
+        .map(|k| k.encode(env));
+        let values = [
+            nodes,
+            discovery.records.encode(env),
+            rejected,
+            unresolved.encode(env),
+        ];
         Term::map_from_term_arrays(env, &keys, &values)
             .map_err(|_| Error::Io("cannot build the answer map".to_string()))
     }
 
     fn encode_found<'a>(env: Env<'a>, found: &Found) -> Result<Term<'a>, Error> {
         match found {
-            Found::Names { records, outcome } => encode_names(env, *records, outcome),
+            Found::Names(discovery) => encode_names(env, discovery),
             Found::Addresses(addresses) => {
                 let ips: Vec<Term<'a>> = addresses.iter().map(|ip| encode_ip(env, ip)).collect();
                 let keys = [atoms::addresses(), atoms::records()].map(|k| k.encode(env));
@@ -485,9 +507,12 @@ mod nif {
     }
 
     /// Validates targets into node names; see `names::node_names`. Takes `[{target, addresses}]`
-    /// and returns `{:ok, %{records: count, nodes: [atom], rejected: [{target, reason}]}}`.
-    /// Atoms are made only for accepted names, after the cap, so DNS data can never add more
-    /// than `max_nodes` atoms per call.
+    /// and returns `{:ok, %{records: count, nodes: [atom], rejected: [{target, reason}],
+    /// unresolved: []}}`. Atoms are made only for accepted names, after the cap, so DNS data
+    /// can never add more than `max_nodes` atoms per call.
+    ///
+    /// It takes 1 to 4 µs a target on a normal scheduler: `ClusterSRV.Resolver` calls it only
+    /// for small inputs (50 targets at most), and `node_names_dirty` for the others.
     #[rustler::nif]
     fn node_names<'a>(
         env: Env<'a>,
@@ -498,30 +523,55 @@ mod nif {
         max_nodes: usize,
     ) -> Term<'a> {
         guarded(env, || {
-            let rules = rules(basename, domain, naming, max_nodes);
-            let addresses: Vec<Vec<IpAddr>> = candidates
-                .iter()
-                .map(|(_, ips)| ips.iter().map(|ip| ip.0).collect())
-                .collect();
-            let outcome = names::node_names(
-                candidates
-                    .iter()
-                    .zip(&addresses)
-                    .map(|((target, _), addresses)| Candidate {
-                        target: target.as_slice(),
-                        addresses,
-                    }),
-                &rules,
-            );
-            let answer = Answer::Names {
-                records: candidates.len(),
-                outcome,
-            };
-            match answer.encode(env) {
-                Ok(answer) => (atoms::ok(), answer).encode(env),
-                Err(error) => (atoms::error(), error).encode(env),
-            }
+            name_targets(env, &candidates, rules(basename, domain, naming, max_nodes))
         })
+    }
+
+    /// `node_names` on a dirty CPU scheduler, where a large input (its decoding included) holds
+    /// no normal scheduler.
+    #[rustler::nif(schedule = "DirtyCpu")]
+    fn node_names_dirty<'a>(
+        env: Env<'a>,
+        candidates: Vec<(Binary<'a>, Vec<IpArg>)>,
+        basename: String,
+        domain: Option<String>,
+        naming: Atom,
+        max_nodes: usize,
+    ) -> Term<'a> {
+        guarded(env, || {
+            name_targets(env, &candidates, rules(basename, domain, naming, max_nodes))
+        })
+    }
+
+    fn name_targets<'a>(
+        env: Env<'a>,
+        candidates: &[(Binary<'a>, Vec<IpArg>)],
+        rules: Rules,
+    ) -> Term<'a> {
+        let addresses: Vec<Vec<IpAddr>> = candidates
+            .iter()
+            .map(|(_, ips)| ips.iter().map(|ip| ip.0).collect())
+            .collect();
+        let outcome = names::node_names(
+            candidates
+                .iter()
+                .zip(&addresses)
+                .map(|((target, _), addresses)| Candidate {
+                    target: target.as_slice(),
+                    addresses,
+                }),
+            &rules,
+        );
+        // The targets come with their addresses: nothing is resolved, so none is unresolved.
+        let answer = Answer::Names(Discovery {
+            records: candidates.len(),
+            outcome,
+            unresolved: Vec::new(),
+        });
+        match answer.encode(env) {
+            Ok(answer) => (atoms::ok(), answer).encode(env),
+            Err(error) => (atoms::error(), error).encode(env),
+        }
     }
 
     /// Runs `work` on the shared runtime and sends its result to the caller, tagged with `tag`.
@@ -690,8 +740,9 @@ mod nif {
     }
 
     /// Starts the shared runtime as the library loads (in a release, as the VM boots), so that
-    /// the first lookup does not pay for its thread. A runtime that cannot start is reported by
-    /// the first call that needs it, so loading never fails for it.
+    /// the first lookup does not pay for its thread. A runtime that cannot start is started
+    /// again by the next call that needs it, which reports why if it still cannot, so loading
+    /// never fails for it.
     fn on_load(_env: Env, _info: Term) -> bool {
         crate::runtime::start();
         true

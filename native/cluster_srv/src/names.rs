@@ -64,7 +64,9 @@ pub enum Rejection {
     OutsideDomain,
     /// The service's own name: the service is not headless, so DNS lists it, not its pods.
     ServiceItself,
-    /// `Naming::Ip`, and the answer gave the target no address.
+    /// `Naming::Ip`, and the target came with no usable address (none, or only unspecified
+    /// ones). A target whose address lookup failed is not given here: see
+    /// `resolver::Discovery::unresolved`.
     NoAddress,
     /// Valid, but past `max_nodes` distinct names in this answer.
     OverMaxNodes,

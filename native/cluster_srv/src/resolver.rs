@@ -11,7 +11,7 @@
 //!
 //! Everything here is plain Rust: `cargo test` exercises it without a BEAM.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use crate::answer::{build_records, classify, refuses_edns, worse, Outcome, SrvRecord};
 use crate::error::Error;
 use crate::names::{self, Candidate, Naming, Rules};
-use crate::plan::{candidate_names, parse_query_name, system_plan, Plan};
+use crate::plan::{self, candidate_names, parse_query_name, Plan};
 use crate::runtime::runtime;
 use crate::transport::{self, Request, UdpReply};
 
@@ -32,6 +32,9 @@ use crate::transport::{self, Request, UdpReply};
 pub struct Options {
     /// Servers to ask; empty means the system's resolv.conf, with its search list and ndots.
     pub nameservers: Vec<SocketAddr>,
+    /// Whether `nameservers` are the VM's own resolver settings, which drop an IPv6 zone: a
+    /// link-local one then takes its zone from resolv.conf's line for it, or is left out.
+    pub vm_settings: bool,
     /// The search list that goes with `nameservers` (ignored without them). Entries that are
     /// not valid domain names are left out.
     pub search: Vec<String>,
@@ -60,13 +63,21 @@ pub struct Source {
 /// What one source of a discovery found.
 #[derive(Debug)]
 pub enum Found {
-    /// From an SRV answer: the number of records, and the node names made of them.
-    Names {
-        records: usize,
-        outcome: names::Outcome,
-    },
+    /// From an SRV answer: see `Discovery`.
+    Names(Discovery),
     /// From an A or AAAA answer: the addresses, which the caller names.
     Addresses(Vec<IpAddr>),
+}
+
+/// What an SRV answer gave: the number of records, the node names made of them, and the
+/// targets left out of naming because their addresses could not be resolved (`Naming::Ip`),
+/// each once, in answer order, with why. An unresolved target is listed by DNS and may be a
+/// live pod: it is neither named nor rejected.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub records: usize,
+    pub outcome: names::Outcome,
+    pub unresolved: Vec<(String, Error)>,
 }
 
 /// A lookup begun on the calling thread (`SrvResolver::begin`): the name parsed, the end of
@@ -114,16 +125,20 @@ impl SrvResolver {
     /// Builds a resolver. No query is sent until the first lookup.
     pub fn new(options: &Options) -> Result<SrvResolver, Error> {
         let plan = if options.nameservers.is_empty() {
-            let (config, opts) =
-                hickory_resolver::system_conf::read_system_conf().map_err(|error| {
-                    Error::Io(format!(
-                        "cannot read the system resolver configuration: {error}"
-                    ))
-                })?;
-            system_plan(&config, &opts)
+            plan::resolv_conf_plan(&read_resolv_conf()?)?
         } else {
+            let servers = if options.vm_settings {
+                // A file that cannot be read gives no zone, as a line without one.
+                let text = read_resolv_conf().unwrap_or_default();
+                plan::scope_link_local(
+                    options.nameservers.clone(),
+                    &plan::resolv_conf_zones(&text),
+                )?
+            } else {
+                options.nameservers.clone()
+            };
             Plan {
-                servers: options.nameservers.clone(),
+                servers,
                 search: options
                     .search
                     .iter()
@@ -188,8 +203,9 @@ impl SrvResolver {
 
     /// Looks up the SRV records of `name`. A trailing dot makes the name absolute.
     ///
-    /// With `fill_addresses`, targets the answer gave no address for are resolved (A, then
-    /// AAAA), within a second deadline of the same length; what was found by then is kept.
+    /// With `fill_addresses`, targets the answer gave no address for are resolved (see
+    /// `addresses`), within a second deadline of the same length; a target that could not be
+    /// resolved keeps no address.
     pub async fn lookup(&self, name: &str, fill_addresses: bool) -> Result<Vec<SrvRecord>, Error> {
         self.lookup_begun(self.begin(name, RecordType::SRV), fill_addresses)
             .await
@@ -209,36 +225,42 @@ impl SrvResolver {
         Ok(records)
     }
 
-    /// Looks up `name` and turns its targets into node names under `rules`, returning the
-    /// number of records and the outcome. With `Naming::Ip`, only targets the rules accept
-    /// (the first `max_nodes` of them) are resolved for addresses: DNS data never chooses what
-    /// else is queried.
-    pub async fn discover(
-        &self,
-        name: &str,
-        rules: &Rules,
-    ) -> Result<(usize, names::Outcome), Error> {
+    /// Looks up `name` and turns its targets into node names under `rules`. With `Naming::Ip`,
+    /// only targets the rules accept (the first `max_nodes` of them) are resolved for
+    /// addresses: DNS data never chooses what else is queried. A target that could not be
+    /// resolved is left out of naming and reported in `Discovery::unresolved`.
+    pub async fn discover(&self, name: &str, rules: &Rules) -> Result<Discovery, Error> {
         self.discover_begun(self.begin(name, RecordType::SRV), rules)
             .await
     }
 
     /// `discover`, from a lookup `begin` began for SRV records.
-    pub async fn discover_begun(
-        &self,
-        begun: Begun,
-        rules: &Rules,
-    ) -> Result<(usize, names::Outcome), Error> {
+    pub async fn discover_begun(&self, begun: Begun, rules: &Rules) -> Result<Discovery, Error> {
         let mut records = self.srv_records(begun).await?;
-        if rules.naming == Naming::Ip {
+        let unresolved = if rules.naming == Naming::Ip {
             let accepted = |target: &str| names::target_accepted(target, rules);
             self.fill_addresses(&mut records, accepted, rules.max_nodes)
-                .await;
-        }
-        let candidates = records.iter().map(|record| Candidate {
-            target: record.target.as_bytes(),
-            addresses: &record.addresses,
-        });
-        Ok((records.len(), names::node_names(candidates, rules)))
+                .await
+        } else {
+            Vec::new()
+        };
+        let left_out: HashSet<&str> = unresolved
+            .iter()
+            .map(|(target, _)| target.as_str())
+            .collect();
+        let candidates = records
+            .iter()
+            .filter(|record| !left_out.contains(record.target.as_str()))
+            .map(|record| Candidate {
+                target: record.target.as_bytes(),
+                addresses: &record.addresses,
+            });
+        let outcome = names::node_names(candidates, rules);
+        Ok(Discovery {
+            records: records.len(),
+            outcome,
+            unresolved,
+        })
     }
 
     /// The addresses of a lookup `begin` began for A records (`RecordType::A`) or AAAA records
@@ -247,23 +269,7 @@ impl SrvResolver {
     pub async fn addresses_begun(&self, begun: Begun) -> Result<Vec<IpAddr>, Error> {
         let record_type = begun.record_type;
         let answer = self.resolve_begun(begun).await?;
-        let mut found: Vec<IpAddr> = answer
-            .answers
-            .iter()
-            .filter(|record| record.record_type() == record_type)
-            .filter_map(|record| match &record.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                _ => None,
-            })
-            .collect();
-        found.sort();
-        found.dedup();
-        if found.is_empty() {
-            Err(Error::NoRecords)
-        } else {
-            Ok(found)
-        }
+        addresses_in(&answer, record_type)
     }
 
     /// Looks up every source at once and gives what each found, in their order: node names for
@@ -276,7 +282,7 @@ impl SrvResolver {
                 RecordType::SRV => self
                     .discover_begun(begun, &source.rules)
                     .await
-                    .map(|(records, outcome)| Found::Names { records, outcome }),
+                    .map(Found::Names),
                 _ => self.addresses_begun(begun).await.map(Found::Addresses),
             }
         }))
@@ -294,14 +300,15 @@ impl SrvResolver {
     }
 
     /// Resolves the addresses of up to `limit` distinct targets that have none and that
-    /// `wanted` accepts, `FILL_CONCURRENCY` at a time, all within one deadline. A target that
-    /// cannot be resolved in time keeps an empty list: the caller decides what that means.
+    /// `wanted` accepts, `FILL_CONCURRENCY` at a time, all within one deadline (see
+    /// `addresses`). Returns the targets that could not be resolved, each once, in answer order,
+    /// with why (the deadline is `Error::Timeout`); they keep an empty list.
     async fn fill_addresses(
         &self,
         records: &mut [SrvRecord],
         wanted: impl Fn(&str) -> bool,
         limit: usize,
-    ) {
+    ) -> Vec<(String, Error)> {
         let end = tokio::time::Instant::now() + self.deadline;
         let mut missing: Vec<String> = Vec::new();
         for record in records.iter().filter(|record| record.addresses.is_empty()) {
@@ -312,48 +319,60 @@ impl SrvResolver {
                 missing.push(record.target.clone());
             }
         }
-        let found: HashMap<String, Vec<IpAddr>> = futures_util::stream::iter(missing)
-            .map(|target| async move {
-                let addresses = match Name::from_ascii(format!("{target}.")) {
-                    Ok(name) => tokio::time::timeout_at(end, self.addresses(&name))
-                        .await
-                        .unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                };
-                (target, addresses)
-            })
-            .buffer_unordered(FILL_CONCURRENCY)
-            .collect()
-            .await;
+        let mut found: HashMap<String, Result<Vec<IpAddr>, Error>> =
+            futures_util::stream::iter(missing.iter().cloned())
+                .map(|target| async move {
+                    let addresses = match Name::from_ascii(format!("{target}.")) {
+                        Ok(name) => tokio::time::timeout_at(end, self.addresses(&name))
+                            .await
+                            .unwrap_or(Err(Error::Timeout)),
+                        Err(_) => Err(Error::InvalidName(target.clone())),
+                    };
+                    (target, addresses)
+                })
+                .buffer_unordered(FILL_CONCURRENCY)
+                .collect()
+                .await;
         for record in records
             .iter_mut()
             .filter(|record| record.addresses.is_empty())
         {
-            if let Some(addresses) = found.get(&record.target) {
+            if let Some(Ok(addresses)) = found.get(&record.target) {
                 record.addresses.clone_from(addresses);
             }
         }
+        missing
+            .into_iter()
+            .filter_map(|target| match found.remove(&target) {
+                Some(Err(error)) => Some((target, error)),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// The A records of `name`, or its AAAA records when it has no A record.
-    async fn addresses(&self, name: &Name) -> Vec<IpAddr> {
-        for record_type in [RecordType::A, RecordType::AAAA] {
-            if let Ok(message) = self.resolve(name, record_type, None).await {
-                let found: Vec<IpAddr> = message
-                    .answers
-                    .iter()
-                    .filter_map(|record| match &record.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                        _ => None,
-                    })
-                    .collect();
-                if !found.is_empty() {
-                    return found;
-                }
-            }
+    /// The addresses of a target the SRV answer listed: its A records, or its AAAA records
+    /// when the A answer is negative (no such name, or no A record). A failed A query is that
+    /// failure: asking AAAA then would name a dual-stack pod after its IPv6 address, another
+    /// node. Both negative is `Error::NoRecords`: a target DNS lists with no address is an
+    /// inconsistent answer, not a pod gone.
+    async fn addresses(&self, name: &Name) -> Result<Vec<IpAddr>, Error> {
+        match self.addresses_of(name, RecordType::A).await {
+            Err(Error::NxDomain | Error::NoRecords) => {}
+            found => return found,
         }
-        Vec::new()
+        match self.addresses_of(name, RecordType::AAAA).await {
+            Err(Error::NxDomain) => Err(Error::NoRecords),
+            found => found,
+        }
+    }
+
+    async fn addresses_of(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+    ) -> Result<Vec<IpAddr>, Error> {
+        let answer = self.resolve(name, record_type, None).await?;
+        addresses_in(&answer, record_type)
     }
 
     /// A begun lookup, to its answer, within its deadline.
@@ -470,4 +489,38 @@ impl SrvResolver {
             }
         }
     }
+}
+
+/// The addresses of `record_type` in an answer, sorted and each kept once, so that every caller
+/// sees them in one order whatever order the server rotates them in. None is
+/// `Error::NoRecords`.
+fn addresses_in(answer: &Message, record_type: RecordType) -> Result<Vec<IpAddr>, Error> {
+    let mut found: Vec<IpAddr> = answer
+        .answers
+        .iter()
+        .filter(|record| record.record_type() == record_type)
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        Err(Error::NoRecords)
+    } else {
+        Ok(found)
+    }
+}
+
+/// Where the system's resolver configuration is, as hickory reads it.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+fn read_resolv_conf() -> Result<String, Error> {
+    std::fs::read_to_string(RESOLV_CONF).map_err(|error| {
+        Error::Io(format!(
+            "cannot read the system resolver configuration {RESOLV_CONF}: {error}"
+        ))
+    })
 }

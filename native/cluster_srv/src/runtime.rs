@@ -1,6 +1,6 @@
 //! The one tokio runtime every resolver and lookup shares.
 
-use once_cell::sync::Lazy;
+use once_cell::sync::OnceCell;
 use tokio::runtime::Runtime;
 
 use crate::error::Error;
@@ -10,7 +10,11 @@ use crate::error::Error;
 /// answer (measured: 213 µs against 163 µs for a 3-record answer, see bench/README.md).
 const WORKER_THREADS: usize = 1;
 
-static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
+// Only a built runtime is kept: a build that failed (file descriptors exhausted) is tried again
+// by the next call, so the VM does not lose its lookups for the rest of its life.
+static RUNTIME: OnceCell<Runtime> = OnceCell::new();
+
+fn build() -> Result<Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .max_blocking_threads(2)
@@ -18,18 +22,17 @@ static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|error| format!("cannot start the tokio runtime: {error}"))
-});
+        .map_err(|error| Error::Io(format!("cannot start the tokio runtime: {error}")))
+}
 
 /// Builds the shared runtime now, if it is not built yet. The NIF library calls this when it
-/// loads; a failure stays in the runtime's slot for `runtime()` to report.
+/// loads; a failure is left for the next `runtime()` call, which tries again.
 pub fn start() {
-    Lazy::force(&RUNTIME);
+    let _ = runtime();
 }
 
 /// The one runtime every resolver and lookup shares, built on first use (or at `start()`).
+/// While it cannot be built, every call tries again and reports why it failed.
 pub fn runtime() -> Result<&'static Runtime, Error> {
-    RUNTIME
-        .as_ref()
-        .map_err(|message| Error::Io(message.clone()))
+    RUNTIME.get_or_try_init(build)
 }

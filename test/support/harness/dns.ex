@@ -22,6 +22,16 @@ defmodule ClusterSRV.Harness.DNS do
   With `forwarders:`, the server holds no zone and is a forwarding cache instead, which keeps
   every answer `cache_ttl` seconds (default 30) whatever its TTL, as NodeLocal DNSCache or
   CoreDNS's `cache 30` may serve a pod answers that old.
+
+  With `listen_v6: true`, it also listens on every IPv6 address of its network (namespace), on
+  the same port, link-local ones included. With `minimal_responses: true`, answers carry no additional section, so an SRV answer gives
+  no address and a client must ask each target's. With `drops: true`, `drop/2` makes the server
+  drop every query for a name (a response policy zone's `rpz-drop`, as a DNS firewall drops
+  queries), until `undrop/2`; it needs recursion on for the server's own address, so names
+  outside its zones are no longer refused there.
+
+      dns = ClusterSRV.Harness.DNS.start!(minimal_responses: true, drops: true)
+      ClusterSRV.Harness.DNS.drop(dns, "myapp-0.myapp-headless.default.svc.cluster.local")
   """
   use GenServer
 
@@ -101,6 +111,19 @@ defmodule ClusterSRV.Harness.DNS do
   def update!(%__MODULE__{pid: pid}, lines, zone \\ Zone.domain()),
     do: GenServer.call(pid, {:update, lines, zone}, 15_000)
 
+  # The response policy zone of `drops: true`; a policy for `name` is written as `name.<zone>`.
+  @policy_zone "rpz"
+
+  @doc "Makes a server started with `drops: true` drop every query for `name` from now on."
+  def drop(%__MODULE__{} = dns, name),
+    do: update!(dns, ["update add #{policy_name(name)} 5 IN CNAME rpz-drop."], @policy_zone)
+
+  @doc "Makes the server answer queries for `name` again after `drop/2`."
+  def undrop(%__MODULE__{} = dns, name),
+    do: update!(dns, ["update delete #{policy_name(name)} CNAME"], @policy_zone)
+
+  defp policy_name(name), do: String.trim_trailing(name, ".") <> ".#{@policy_zone}."
+
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
@@ -111,6 +134,7 @@ defmodule ClusterSRV.Harness.DNS do
     ip = Keyword.get(opts, :ip, {127, 0, 0, 1})
     File.write!(Path.join(dir, "cluster.local.zone"), Zone.render(records, ip))
     File.write!(Path.join(dir, "internal.zone"), Zone.render_zone("internal", [], ip))
+    File.write!(Path.join(dir, "#{@policy_zone}.zone"), Zone.render_zone(@policy_zone, [], ip))
 
     state = %{
       dir: dir,
@@ -118,6 +142,9 @@ defmodule ClusterSRV.Harness.DNS do
       netns: Keyword.get(opts, :netns),
       forwarders: Keyword.get(opts, :forwarders),
       cache_ttl: Keyword.get(opts, :cache_ttl, 30),
+      minimal_responses: Keyword.get(opts, :minimal_responses, false),
+      drops: Keyword.get(opts, :drops, false),
+      listen_v6: Keyword.get(opts, :listen_v6, false),
       port: nil,
       os_port: nil,
       services: Map.new(services, &{{&1.name, &1.namespace}, &1})
@@ -392,21 +419,42 @@ defmodule ClusterSRV.Harness.DNS do
     dir = state.dir
     ip = :inet.ntoa(state.ip)
 
+    # A response policy applies only to clients that may recurse; its changes apply at once
+    # (by default, at most once a minute).
+    {recursion, policy, policy_zone} =
+      if state.drops do
+        {"recursion yes;\n  allow-recursion { #{ip}; };",
+         ~s|response-policy { zone "#{@policy_zone}" min-update-interval 0; };|,
+         """
+         zone "#{@policy_zone}" {
+           type primary;
+           file "#{dir}/#{@policy_zone}.zone";
+           allow-update { #{ip}; };
+         };
+         """}
+      else
+        {"recursion no;", "", ""}
+      end
+
+    listen_v6 = if state.listen_v6, do: "port #{port} { any; }", else: "{ none; }"
+
     """
     options {
       directory "#{dir}";
       listen-on port #{port} { #{ip}; };
-      listen-on-v6 { none; };
-      recursion no;
+      listen-on-v6 #{listen_v6};
+      #{recursion}
+      #{policy}
       dnssec-validation no;
       notify no;
-      minimal-responses no;
+      minimal-responses #{if state.minimal_responses, do: "yes", else: "no"};
       max-records-per-type 0;
       pid-file "#{dir}/named.pid";
       session-keyfile "#{dir}/session.key";
       managed-keys-directory "#{dir}";
     };
     controls { };
+    #{policy_zone}
     zone "#{Zone.domain()}" {
       type primary;
       file "#{dir}/cluster.local.zone";

@@ -25,6 +25,8 @@ defmodule ClusterSRV.Harness.HostileDNS do
     * `fill` - targets with no address in the answer: `ok-0.fill.hostile.test`, whose A query
       is answered (127.0.0.7), `hang-0.fill.hostile.test`, whose A query never is, and 20
       invalid and 3 outside targets (the answer stays under the 1,232 bytes a client asks for). Every A query is counted (`a_queries/1`).
+      AAAA queries, for any name, are answered `fd00::7`: a client that asks AAAA after an A
+      query failed names a dual-stack pod after the wrong address.
 
   Cases that play odd but real servers, each answering with the three valid pods of `ok` in
   the end:
@@ -40,6 +42,8 @@ defmodule ClusterSRV.Harness.HostileDNS do
     * `tcpreset` - TC over UDP; over TCP, the connection is reset instead of answered.
     * `tcpdelay` - TC over UDP; over TCP, the answer 200 ms late.
     * `tcpsilent` - TC over UDP; over TCP, the connection is accepted and never answered.
+    * `tcppartial` - TC over UDP; over TCP, TC again with the three pods of `ok`: part of a
+      set too large for one message, as BIND answers a query without EDNS.
 
   The name `switch.hostile.test.` answers as whatever case `switch/2` last set (`ok` at start),
   so a test can run one long-lived resolver or strategy through a fault and back.
@@ -264,7 +268,7 @@ defmodule ClusterSRV.Harness.HostileDNS do
     do: {:reply, srv_answer(id, question, for(i <- 0..199, do: {:under, ["pod-#{i}"]}))}
 
   defp answer(kase, id, question, :udp, _edns)
-       when kase in ["tcpclose", "tcpidle", "tcpreset", "tcpdelay", "tcpsilent"],
+       when kase in ["tcpclose", "tcpidle", "tcpreset", "tcpdelay", "tcpsilent", "tcppartial"],
        do: {:reply, truncated(id, question)}
 
   defp answer("tcpclose", id, question, :tcp, _), do: {:tcp_close, message("ok", id, question)}
@@ -272,6 +276,10 @@ defmodule ClusterSRV.Harness.HostileDNS do
   defp answer("tcpreset", _id, _question, :tcp, _), do: :tcp_reset
   defp answer("tcpdelay", id, question, :tcp, _), do: {:later, 200, message("ok", id, question)}
   defp answer("tcpsilent", _id, _question, :tcp, _), do: :none
+
+  defp answer("tcppartial", id, question, :tcp, _),
+    do: {:reply, truncate(message("ok", id, question))}
+
   defp answer(kase, id, question, transport, _edns), do: answer(kase, id, question, transport)
 
   defp answer("silent", _id, _question, _transport), do: :none
@@ -279,6 +287,12 @@ defmodule ClusterSRV.Harness.HostileDNS do
   defp answer(_kase, id, <<_::binary>> = question, _)
        when binary_part(question, byte_size(question) - 4, 2) == <<1::16>>,
        do: a_answer(id, question)
+
+  defp answer(_kase, id, <<_::binary>> = question, _)
+       when binary_part(question, byte_size(question) - 4, 2) == <<28::16>> do
+    record = <<0xC00C::16, 28::16, 1::16, 5::32, 16::16, 0xFD00::16, 0::96, 7::16>>
+    {:reply, header(id, 0x8400, 1, 1, 0, 0) <> question <> record}
+  end
 
   defp answer("slow", id, question, _), do: {:later, 1_500, message("ok", id, question)}
   defp answer("many", id, question, :udp), do: {:reply, truncated(id, question)}
@@ -365,6 +379,10 @@ defmodule ClusterSRV.Harness.HostileDNS do
   end
 
   defp truncated(id, question), do: header(id, 0x8600, 1, 0, 0, 0) <> question
+
+  # The same message with TC set in its flags.
+  defp truncate(<<id::16, flags::16, rest::binary>>),
+    do: <<id::16, bor(flags, 0x0200)::16, rest::binary>>
 
   # About 2,000 records in a well-formed message; targets under the service name point back at
   # the question's name, so the whole answer fits in one TCP message. Exactly 20 distinct
