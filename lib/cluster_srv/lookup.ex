@@ -3,10 +3,12 @@ defmodule ClusterSRV.Lookup do
   One poll's lookup of every source of the config (each name and record type), by the native
   resolver or by the user's `resolver` function, in one shape: a result per source,
   `[{source, result}]`, each `{:ok, %{records: count, nodes: [node()], rejected: [{target,
-  reason}], unresolved: [{target, reason}]}}` or `{:error, reason}`. `unresolved` lists, with
-  `node_naming: :ip`, the SRV targets whose addresses could not be resolved (a failed or timed
-  out query, or no address at all for a target DNS lists): they are neither named nor
-  rejected, since they may be live pods. It is `[]` for A and AAAA sources.
+  reason}], unresolved: [{target, reason}], by_target: [{target, node}]}}` or `{:error,
+  reason}`. `unresolved` lists, with `node_naming: :ip`, the SRV targets whose addresses could
+  not be resolved (a failed or timed out query, or no address at all for a target DNS lists):
+  they are neither named nor rejected, since they may be live pods; `by_target` gives each
+  named target's node, so that the membership rules can keep the node an unresolved target had.
+  Both are `[]` for A and AAAA sources.
 
   The native resolver asks every source at once in one call, and names the nodes of SRV
   answers on its own runtime (`ClusterSRV.Resolver.async_discover_all/3`); A and AAAA
@@ -52,7 +54,8 @@ defmodule ClusterSRV.Lookup do
              records: non_neg_integer(),
              nodes: [node()],
              rejected: [{String.t(), atom()}],
-             unresolved: [{String.t(), term()}]
+             unresolved: [{String.t(), term()}],
+             by_target: [{String.t(), node()}]
            }}
           | {:error, term()}
 
@@ -177,7 +180,7 @@ defmodule ClusterSRV.Lookup do
     {:ok,
      addresses
      |> Resolver.address_names(source.basename, config.max_nodes)
-     |> Map.merge(%{records: records, unresolved: []})}
+     |> Map.merge(%{records: records, unresolved: [], by_target: []})}
   end
 
   defp named(_source, result, _config), do: result
@@ -292,7 +295,7 @@ defmodule ClusterSRV.Lookup do
   # reason stays rejected (the native resolver never asks for those), one rejected only for
   # :no_address is reported unresolved instead, with why.
   defp function_result(%{type: :srv} = source, {:srv, records, unresolved}, config) do
-    with {:ok, names} <- Resolver.node_names(records, naming(config, source)) do
+    with {:ok, names} <- Resolver.name_targets(records, naming(config, source)) do
       why = Map.new(unresolved)
 
       {unresolved, rejected} =
@@ -305,7 +308,8 @@ defmodule ClusterSRV.Lookup do
          records: length(records),
          nodes: names.nodes,
          rejected: rejected,
-         unresolved: for({target, _} <- unresolved, do: {target, why[target]})
+         unresolved: for({target, _} <- unresolved, do: {target, why[target]}),
+         by_target: names.by_target
        }}
     end
   end

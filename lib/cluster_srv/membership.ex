@@ -33,14 +33,16 @@ defmodule ClusterSRV.Membership do
       same poll contradicts them (a name that does not exist has no records of any type), so
       it counts as a failure instead;
     * **partial** - a successful answer some of whose targets could not be resolved to an
-      address (`:unresolved`, with `node_naming: :ip`): the nodes it did name are added to what
-      the source listed, and nothing the source listed is dropped;
+      address (`:unresolved`, with `node_naming: :ip`): the source lists the nodes it named, and
+      keeps the node each unresolved target had (`:by_target` of the answers before), since DNS
+      still lists that target. It is warned about as a failure, but needs no time limit: a
+      target DNS no longer lists is gone at once;
     * **failed** - a timeout, SERVFAIL, REFUSED, an answer too large for one DNS message, or
       any other error: the source keeps what it listed.
 
-  A failed or partial source keeps its last list for `source_grace` ms at most while other
-  sources answer (the strategy sets it to the longer of `prune_grace` and 10 polling
-  intervals); then a failed source lists no one, and a partial one what it named. A poll in
+  A failed source keeps its last list for `source_grace` ms at most while other sources answer
+  (the strategy sets it to the longer of `prune_grace` and 10 polling intervals); then it
+  lists no one. A poll in
   which no source names a valid node (every source failed, or says no one is there) changes
   nothing at all, and restarts that clock: a whole DNS outage never removes anyone.
 
@@ -117,7 +119,7 @@ defmodule ClusterSRV.Membership do
   @self_check_after 3
 
   # A source nobody has heard from yet, or that answers.
-  @fresh %{listed: MapSet.new(), failure: nil, failures: 0, since: nil}
+  @fresh %{listed: MapSet.new(), targets: %{}, failure: nil, failures: 0, since: nil}
 
   @typedoc """
   What the rules know:
@@ -130,9 +132,10 @@ defmodule ClusterSRV.Membership do
     * `unreachable` - listed nodes whose last connect failed, each with why;
     * `missing` - known nodes the answers stopped listing, each with when the first answer
       that missed it came (monotonic ms): their removal waits for `prune_grace`;
-    * `sources`, `per_source` - each source's key (`{name, type}`), and what it lists, its
-      ongoing failure, how many polls in a row it failed, and since when (monotonic ms) it has
-      failed while others answered (`nil` when it answers);
+    * `sources`, `per_source` - each source's key (`{name, type}`), and what it lists (with
+      `node_naming: :ip`, also each SRV target's node), its ongoing failure, how many polls in a
+      row it failed, and since when (monotonic ms) it has failed while others answered (`nil`
+      when it answers);
     * `rejections` - the kinds of rejected target the latest answers had, by source;
     * `self_listed` - whether the latest poll that named anyone listed this node (`nil` before
       the first); `was_listed` - whether one ever did. A node that was listed and no longer is
@@ -151,6 +154,7 @@ defmodule ClusterSRV.Membership do
           per_source: %{
             source() => %{
               listed: MapSet.t(node()),
+              targets: %{String.t() => node()},
               failure: term(),
               failures: non_neg_integer(),
               since: integer() | nil
@@ -222,8 +226,8 @@ defmodule ClusterSRV.Membership do
       {:error, :no_valid_names}
   """
   @spec outcome(lookup_result() | [{source(), lookup_result()}]) :: :ok | {:error, term()}
-  def outcome([{_source, _result} | _] = results), do: round_outcome(classify(results))
-  def outcome(result), do: round_outcome([{nil, class(result, false)}])
+  def outcome([{_source, _result} | _] = results), do: round_outcome(classify(results, %{}))
+  def outcome(result), do: round_outcome([{nil, class(result, false, %{})}])
 
   defp round_outcome(classes) do
     if names_anyone?(classes) do
@@ -236,24 +240,28 @@ defmodule ClusterSRV.Membership do
 
   defp names_anyone?(classes) do
     Enum.any?(classes, fn
-      {_source, {:listed, _nodes}} -> true
-      {_source, {:partial, [_ | _], _reason}} -> true
+      {_source, {:listed, [_ | _], _targets}} -> true
+      {_source, {:partial, [_ | _], _targets, _reason}} -> true
       _other -> false
     end)
   end
 
   defp reason({:empty, reason}), do: reason
   defp reason({:failed, reason}), do: reason
-  defp reason({:partial, _nodes, reason}), do: reason
+  defp reason({:partial, _nodes, _targets, reason}), do: reason
 
-  # Each source's result as the rules count it (see the moduledoc): {:listed, nodes},
-  # {:empty, why}, {:partial, nodes, why} or {:failed, why}.
-  defp classify(results) do
+  # Each source's result as the rules count it (see the moduledoc): {:listed, nodes, targets},
+  # {:empty, why}, {:partial, nodes, targets, why} or {:failed, why}, where `targets` maps
+  # each SRV target to its node (with node_naming: :ip) and a partial answer's nodes include
+  # those its unresolved targets had, as `per_source` knows them.
+  defp classify(results, per_source) do
     answered =
       for {{name, _type}, result} <- results, answered?(result), into: MapSet.new(), do: name
 
-    for {{name, _type} = source, result} <- results,
-        do: {source, class(result, MapSet.member?(answered, name))}
+    for {{name, _type} = source, result} <- results do
+      known = Map.get(per_source, source, @fresh)
+      {source, class(result, MapSet.member?(answered, name), known.targets)}
+    end
   end
 
   # Whether the server said the name exists (NOERROR), whatever it held.
@@ -261,17 +269,30 @@ defmodule ClusterSRV.Membership do
   defp answered?({:error, :no_records}), do: true
   defp answered?(_failed), do: false
 
-  defp class({:ok, %{nodes: nodes} = answer}, _name_answered?) do
-    case {Map.get(answer, :unresolved, []), nodes} do
-      {[], []} -> {:empty, :no_valid_names}
-      {[], nodes} -> {:listed, nodes}
-      {unresolved, nodes} -> {:partial, nodes, {:unresolved, unresolved}}
+  defp class({:ok, %{nodes: nodes} = answer}, _name_answered?, known_targets) do
+    targets = answer |> Map.get(:by_target, []) |> Map.new()
+
+    case Map.get(answer, :unresolved, []) do
+      [] when nodes == [] ->
+        {:empty, :no_valid_names}
+
+      [] ->
+        {:listed, nodes, targets}
+
+      unresolved ->
+        kept =
+          for {target, _why} <- unresolved,
+              Map.has_key?(known_targets, target),
+              do: {target, Map.fetch!(known_targets, target)}
+
+        nodes = Enum.uniq(nodes ++ for({_target, node} <- kept, do: node))
+        {:partial, nodes, Map.merge(targets, Map.new(kept)), {:unresolved, unresolved}}
     end
   end
 
-  defp class({:error, :no_records}, _name_answered?), do: {:empty, :no_records}
-  defp class({:error, :nxdomain}, false), do: {:empty, :nxdomain}
-  defp class({:error, reason}, _name_answered?), do: {:failed, reason}
+  defp class({:error, :no_records}, _name_answered?, _known), do: {:empty, :no_records}
+  defp class({:error, :nxdomain}, false, _known), do: {:empty, :nxdomain}
+  defp class({:error, reason}, _name_answered?, _known), do: {:failed, reason}
 
   @doc """
   A poll ended at `now` (monotonic ms, the caller's clock), and `list_nodes` shows
@@ -285,7 +306,7 @@ defmodule ClusterSRV.Membership do
 
   def lookup_done(state, results, connected, now) when is_list(results) do
     {state, rejected} = rejections(state, results)
-    classes = classify(results)
+    classes = classify(results, state.per_source)
 
     if names_anyone?(classes) do
       {state, logs} = reduce_sources(classes, state, &source_answered(&1, &2, &3, now))
@@ -323,21 +344,40 @@ defmodule ClusterSRV.Membership do
 
   # A poll in which some source named someone: each source's result counts as the moduledoc
   # says.
-  defp source_answered(state, source, {:listed, nodes}, _now),
-    do: source_lists(state, source, MapSet.new(nodes), [])
+  defp source_answered(state, source, {:listed, nodes, targets}, _now),
+    do: source_lists(state, source, MapSet.new(nodes), targets, [])
 
   defp source_answered(state, source, {:empty, reason}, _now) do
     debug = {:log, :debug, fn -> "#{label(source)}: #{Reasons.describe_failure(reason)}" end}
-    source_lists(state, source, MapSet.new(), [debug])
+    source_lists(state, source, MapSet.new(), %{}, [debug])
   end
 
   defp source_answered(state, source, {:failed, reason}, now),
-    do: source_failing(state, source, reason, [], now)
+    do: source_failing(state, source, reason, now)
 
-  defp source_answered(state, source, {:partial, nodes, reason}, now),
-    do: source_failing(state, source, reason, nodes, now)
+  # A partial answer lists what it named and what its unresolved targets had, and counts as a
+  # failure for the logs and the status, but its list needs no time limit: DNS still lists
+  # every target whose node it keeps.
+  defp source_answered(state, source, {:partial, nodes, targets, reason}, _now) do
+    known = state.per_source[source]
 
-  defp source_lists(state, source, listed, logs) do
+    log =
+      failure_log(known, source, reason, fn ->
+        "keeping the nodes those targets had"
+      end)
+
+    entry = %{
+      @fresh
+      | listed: MapSet.new(nodes),
+        targets: targets,
+        failure: reason,
+        failures: known.failures + 1
+    }
+
+    {put_in(state.per_source[source], entry), [log]}
+  end
+
+  defp source_lists(state, source, listed, targets, logs) do
     known = state.per_source[source]
 
     logs =
@@ -349,19 +389,16 @@ defmodule ClusterSRV.Membership do
         ],
         else: logs
 
-    {put_in(state.per_source[source], %{@fresh | listed: listed}), logs}
+    {put_in(state.per_source[source], %{@fresh | listed: listed, targets: targets}), logs}
   end
 
-  # A failed or partial source while others answer: it keeps what it listed (a partial one adds
-  # what it named) for source_grace at most, then lists only what it named.
-  defp source_failing(state, source, reason, named, now) do
+  # A failed source while others answer: it keeps what it listed for source_grace at most,
+  # then lists no one.
+  defp source_failing(state, source, reason, now) do
     known = state.per_source[source]
     since = known.since || now
-
-    listed =
-      if now - since >= state.source_grace,
-        do: MapSet.new(named),
-        else: MapSet.union(known.listed, MapSet.new(named))
+    expired? = now - since >= state.source_grace
+    listed = if expired?, do: MapSet.new(), else: known.listed
 
     dropped = MapSet.size(MapSet.difference(known.listed, listed))
 
@@ -380,7 +417,15 @@ defmodule ClusterSRV.Membership do
           "#{state.source_grace} ms while the other queries answer"
       end)
 
-    entry = %{listed: listed, failure: reason, failures: known.failures + 1, since: since}
+    entry = %{
+      known
+      | listed: listed,
+        targets: if(expired?, do: %{}, else: known.targets),
+        failure: reason,
+        failures: known.failures + 1,
+        since: since
+    }
+
     {put_in(state.per_source[source], entry), [log | expired]}
   end
 
@@ -399,7 +444,7 @@ defmodule ClusterSRV.Membership do
   # then those the failing sources keep (sorted), each once. One answer's nodes are distinct
   # already, and source_lists/4 made their set: a poll with one source that listed needs
   # neither again.
-  defp round_nodes(state, [{source, {:listed, nodes}}]),
+  defp round_nodes(state, [{source, {:listed, nodes, _targets}}]),
     do: {nodes, state.per_source[source].listed}
 
   defp round_nodes(state, classes) do
@@ -415,12 +460,11 @@ defmodule ClusterSRV.Membership do
     {nodes, MapSet.new(nodes)}
   end
 
-  defp named({:listed, nodes}), do: nodes
-  defp named({:partial, nodes, _reason}), do: nodes
+  defp named({:listed, nodes, _targets}), do: nodes
+  defp named({:partial, nodes, _targets, _reason}), do: nodes
   defp named(_class), do: []
 
   defp kept?({:failed, _reason}), do: true
-  defp kept?({:partial, _nodes, _reason}), do: true
   defp kept?(_class), do: false
 
   # A source as the logs name it: its name, and its type unless SRV.

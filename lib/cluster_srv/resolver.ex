@@ -335,6 +335,14 @@ defmodule ClusterSRV.Resolver do
   @spec node_names([Record.t()], keyword()) ::
           {:ok, %{nodes: [node()], rejected: [{String.t(), atom()}]}} | {:error, reason()}
   def node_names(records, opts) do
+    with {:ok, answer} <- name_targets(records, opts),
+         do: {:ok, Map.take(answer, [:nodes, :rejected])}
+  end
+
+  @doc false
+  # node_names/2's answer with `by_target`, each accepted target with its node (with
+  # `node_naming: :ip`, where the node cannot be told from the target), for the strategy.
+  def name_targets(records, opts) do
     candidates =
       for %Record{target: target, addresses: addresses} <- records, do: {target, addresses}
 
@@ -355,7 +363,7 @@ defmodule ClusterSRV.Resolver do
       )
 
     case result do
-      {:ok, answer} -> {:ok, Map.take(answer, [:nodes, :rejected])}
+      {:ok, answer} -> {:ok, Map.take(answer, [:nodes, :rejected, :by_target])}
       {:error, reason} -> {:error, reason}
     end
   end

@@ -481,52 +481,73 @@ defmodule ClusterSRV.MembershipTest do
   end
 
   describe "answers some of whose targets could not be resolved (partial)" do
-    defp partial(nodes, targets),
-      do: {:ok, %{nodes: nodes, rejected: [], unresolved: for(t <- targets, do: {t, :timeout})}}
+    # node_naming: :ip, where a node (app@<address>) cannot be told from its target.
+    defp t(i), do: "pod-#{i}.svc"
 
-    test "add what they name and drop no one, until a whole answer comes" do
-      {state, _} = done(new(), answer([n(1), n(2)]), [], 0)
-      state = connect_all(state, [n(1), n(2)])
+    defp named(pairs),
+      do: {:ok, %{nodes: for({_, node} <- pairs, do: node), rejected: [], by_target: pairs}}
 
-      # n(2)'s address lookup timed out: it stays, listed and connected.
-      {state, actions} = done(state, partial([n(1)], ["pod-2.svc"]), [n(1), n(2)], 1_000)
-      assert jobs(actions) == []
-      assert MapSet.member?(state.listed, n(2))
+    defp partial(pairs, targets) do
+      {:ok, %{nodes: nodes, by_target: by_target} = answer} = named(pairs)
+      unresolved = for target <- targets, do: {target, :timeout}
+      {:ok, %{answer | nodes: nodes, by_target: by_target} |> Map.put(:unresolved, unresolved)}
+    end
+
+    test "keep the node an unresolved target had, and drop a target DNS no longer lists" do
+      {state, _} = done(new(), named([{t(1), n(1)}, {t(2), n(2)}, {t(3), n(3)}]), [], 0)
+      state = connect_all(state, [n(1), n(2), n(3)])
+      connected = [n(1), n(2), n(3)]
+
+      # pod-2's address lookup timed out, and pod-3 is no longer listed: pod-3 goes, pod-2 stays.
+      {state, actions} = done(state, partial([{t(1), n(1)}], [t(2)]), connected, 1_000)
+      assert jobs(actions) == [{:disconnect, n(3)}]
+      assert state.listed == MapSet.new([n(1), n(2)])
       assert [warning] = logs(actions, :warning)
       assert warning =~ "the address of 1 SRV target(s) could not be looked up"
 
-      # A new pod it could resolve is connected meanwhile.
-      {state, actions} = done(state, partial([n(1), n(3)], ["pod-2.svc"]), [n(1), n(2)], 2_000)
-      assert jobs(actions) == [{:connect, n(3)}]
-      state = connect_all(state, [n(3)])
+      # It stays for as long as its target is listed and its address cannot be looked up.
+      {state, actions} = done(state, partial([{t(1), n(1)}], [t(2)]), [n(1), n(2)], 600_000)
+      assert jobs(actions) == []
 
-      # A whole answer without n(2) removes it.
-      {_state, actions} = done(state, answer([n(1), n(3)]), [n(1), n(2), n(3)], 3_000)
-      assert jobs(actions) == [{:disconnect, n(2)}]
+      # A new pod it could resolve is connected meanwhile.
+      {state, actions} =
+        done(state, partial([{t(1), n(1)}, {t(4), n(4)}], [t(2)]), [n(1), n(2)], 601_000)
+
+      assert jobs(actions) == [{:connect, n(4)}]
+      state = connect_all(state, [n(4)])
+
+      # Answered again, at another address (a pod recreated under its name): the old node goes.
+      {_state, actions} =
+        done(
+          state,
+          named([{t(1), n(1)}, {t(2), n(5)}, {t(4), n(4)}]),
+          [n(1), n(2), n(4)],
+          602_000
+        )
+
+      assert Enum.sort(jobs(actions)) == [{:connect, n(5)}, {:disconnect, n(2)}]
+    end
+
+    test "an unresolved target never named before keeps no one" do
+      {state, _} = done(new(), named([{t(1), n(1)}]), [], 0)
+      {state, actions} = done(state, partial([{t(1), n(1)}], [t(2)]), [n(1)], 1_000)
+      assert jobs(actions) == []
+      assert state.listed == MapSet.new([n(1)])
     end
 
     test "this node's own target unresolved does not make it leave" do
-      {state, _} = done(new(), answer([@me, n(1)]), [], 0)
-      {state, actions} = done(state, partial([n(1)], ["me.svc"]), [n(1)], 1_000)
+      {state, _} = done(new(), named([{"me.svc", @me}, {t(1), n(1)}]), [], 0)
+      {state, actions} = done(state, partial([{t(1), n(1)}], ["me.svc"]), [n(1)], 1_000)
       refute Membership.leaving?(state)
       assert logs(actions, :info) == []
     end
 
     test "a partial answer that names no one changes nothing" do
-      {state, _} = done(new(), answer([n(1), n(2)]), [], 0)
+      {state, _} = done(new(), named([{t(1), n(1)}, {t(2), n(2)}]), [], 0)
       state = connect_all(state, [n(1), n(2)])
-      {after_poll, actions} = done(state, partial([], ["pod-1.svc"]), [n(1), n(2)], 1_000)
+      {after_poll, actions} = done(state, partial([], [t(9)]), [n(1), n(2)], 1_000)
       assert jobs(actions) == []
       assert after_poll.listed == state.listed
-    end
-
-    test "after source_grace of partial answers, what they name is what counts" do
-      {state, _} = done(new(source_grace: 5_000), answer([n(1), n(2)]), [], 0)
-      state = connect_all(state, [n(1), n(2)])
-      {state, actions} = done(state, partial([n(1)], ["pod-2.svc"]), [n(1), n(2)], 1_000)
-      assert jobs(actions) == []
-      {_state, actions} = done(state, partial([n(1)], ["pod-2.svc"]), [n(1), n(2)], 6_000)
-      assert jobs(actions) == [{:disconnect, n(2)}]
     end
   end
 

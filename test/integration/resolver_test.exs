@@ -349,7 +349,8 @@ defmodule ClusterSRV.Integration.ResolverTest do
                records: 3,
                nodes: [:"app@ok-0.mixed.default.svc.cluster.local"],
                rejected: [{"elsewhere.example.com", :outside_domain}],
-               unresolved: []
+               unresolved: [],
+               by_target: []
              }
     end
 

@@ -194,4 +194,80 @@ defmodule ClusterSRV.Integration.StrategyTest do
       Silent.stop(silent)
     end
   end
+
+  describe "partial faults, on one long-lived strategy" do
+    test "node_naming: :ip: a target whose address lookup fails keeps its node; a whole answer " <>
+           "without it removes it" do
+      # SRV answers without addresses, so that each target's address is asked on its own.
+      dns = DNS.start!(minimal_responses: true, drops: true)
+
+      try do
+        svc = service("theta", 3)
+        DNS.put_service(dns, svc)
+        dropped = "theta-1.theta.default.svc.cluster.local."
+
+        log =
+          capture_log(fn ->
+            {pid, _probe} =
+              start(dns, service: "theta", application_name: "theta", node_naming: :ip)
+
+            assert connects(3) == [:"theta@127.0.0.10", :"theta@127.0.0.11", :"theta@127.0.0.12"]
+
+            # theta-1's address queries time out: its node stays.
+            DNS.drop(dns, dropped)
+            refute_receive {:probe, :disconnect, _, _}, 6 * (@interval + 500)
+            assert :"theta@127.0.0.11" in ClusterSRV.status(pid).listed
+
+            DNS.undrop(dns, dropped)
+            refute_receive {:probe, _, _, _}, 3 * (@interval + 500)
+
+            # A whole answer without theta-2 removes theta-2, and only it.
+            DNS.put_service(dns, %{svc | pods: Enum.take(svc.pods, 2)})
+            assert_receive {:probe, :disconnect, :"theta@127.0.0.12", _}, 2_000
+            refute_receive {:probe, :disconnect, _, _}, 3 * @interval
+          end)
+
+        assert log =~
+                 "the address of 1 SRV target(s) could not be looked up " <>
+                   "(for example \"theta-1.theta.default.svc.cluster.local\": no answer in time)"
+      after
+        DNS.stop(dns)
+      end
+    end
+
+    test "an answer too large for one DNS message disconnects no one, and says once what to do",
+         %{dns: dns} do
+      pods = fn count ->
+        for i <- 0..(count - 1), do: {"iotas-#{i}", {127, 4, div(i, 250), rem(i, 250) + 1}}
+      end
+
+      # Targets as long as a StatefulSet's `myapp-N.myapp-headless...`: 936 fit in a message.
+      svc = Zone.service("iotas-headless", "default", pods: pods.(800))
+      DNS.put_service(dns, svc)
+
+      log =
+        capture_log(fn ->
+          {pid, _probe} =
+            start(dns, service: "iotas-headless", application_name: "iota", timeout: 2_000)
+
+          assert length(connects(800, 10_000)) == 800
+
+          # 1,000 pods' records do not fit in one DNS message (65,535 bytes).
+          DNS.put_service(dns, %{svc | pods: pods.(1_000)})
+          Process.sleep(4 * @interval)
+          refute_received {:probe, :disconnect, _, _}
+          assert ClusterSRV.status(pid).failing == %{{svc_name(svc), :srv} => :answer_too_large}
+          assert length(ClusterSRV.status(pid).listed) == 800
+
+          DNS.put_service(dns, svc)
+          refute_receive {:probe, :disconnect, _, _}, 4 * @interval
+          assert ClusterSRV.status(pid).failing == %{}
+        end)
+
+      assert [_once] =
+               Regex.scan(~r/does not fit in one DNS message .* the service has outgrown/, log)
+    end
+  end
+
+  defp svc_name(svc), do: Zone.service_name(svc)
 end

@@ -52,6 +52,11 @@ defmodule ClusterSRV.Integration.TargetAddressesTest do
       {@dropped, :timeout},
       {"gone-0.#{@domain}", :no_records},
       {"none-0.#{@domain}", :no_records}
+    ],
+    by_target: [
+      {"dual-0.#{@domain}", :"app@127.0.0.6"},
+      {"v4-0.#{@domain}", :"app@127.0.0.5"},
+      {"v6-0.#{@domain}", :"app@fd00::7"}
     ]
   }
 
@@ -59,7 +64,13 @@ defmodule ClusterSRV.Integration.TargetAddressesTest do
     records: 6,
     nodes: [:"app@127.0.0.9", :"app@127.0.0.6", :"app@127.0.0.5", :"app@fd00::7"],
     rejected: [],
-    unresolved: [{"gone-0.#{@domain}", :no_records}, {"none-0.#{@domain}", :no_records}]
+    unresolved: [{"gone-0.#{@domain}", :no_records}, {"none-0.#{@domain}", :no_records}],
+    by_target: [
+      {@dropped, :"app@127.0.0.9"},
+      {"dual-0.#{@domain}", :"app@127.0.0.6"},
+      {"v4-0.#{@domain}", :"app@127.0.0.5"},
+      {"v6-0.#{@domain}", :"app@fd00::7"}
+    ]
   }
 
   test "the native poll: a dropped A query is unresolved with :timeout, a negative A answer " <>

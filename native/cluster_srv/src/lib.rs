@@ -65,6 +65,7 @@ mod nif {
             a,
             aaaa,
             cluster_srv_probe,
+            by_target,
         }
     }
 
@@ -418,15 +419,18 @@ mod nif {
     }
 
     /// `%{records: count, nodes: [atom], rejected: [{target, reason}], unresolved: [{target,
-    /// reason}]}`, each unresolved reason the error term of why.
+    /// reason}], by_target: [{target, atom}]}`, each unresolved reason the error term of why,
+    /// and `by_target` each accepted target's node with `Naming::Ip` (empty otherwise).
     fn encode_names<'a>(env: Env<'a>, discovery: &Discovery) -> Result<Term<'a>, Error> {
         let (nodes, rejected) = encode_outcome(env, &discovery.outcome)?;
+        let by_target = encode_targets(env, &discovery.outcome)?;
         let unresolved: Vec<(&str, &Error)> = discovery
             .unresolved
             .iter()
             .map(|(target, error)| (target.as_str(), error))
             .collect();
         let keys = [
+            atoms::by_target(),
             atoms::nodes(),
             atoms::records(),
             atoms::rejected(),
@@ -434,6 +438,7 @@ mod nif {
         ]
         .map(|k| k.encode(env));
         let values = [
+            by_target,
             nodes,
             discovery.records.encode(env),
             rejected,
@@ -454,6 +459,21 @@ mod nif {
                     .map_err(|_| Error::Io("cannot build the answer map".to_string()))
             }
         }
+    }
+
+    /// `[{target, atom}]`: each accepted target's node, with `Naming::Ip`.
+    fn encode_targets<'a>(env: Env<'a>, outcome: &names::Outcome) -> Result<Term<'a>, Error> {
+        let mut pairs = Vec::with_capacity(outcome.targets.len());
+        for (target, index) in &outcome.targets {
+            let name = outcome
+                .names
+                .get(*index)
+                .ok_or_else(|| Error::Io("a target's name is missing".to_string()))?;
+            let atom = Atom::from_str(env, name)
+                .map_err(|_| Error::Io(format!("cannot make an atom of {name:?}")))?;
+            pairs.push((target.as_str(), atom));
+        }
+        Ok(pairs.encode(env))
     }
 
     /// Node names as atoms (made only here, for names that passed validation) and rejections

@@ -111,6 +111,10 @@ pub struct Candidate<'a> {
 pub struct Outcome {
     pub names: Vec<String>,
     pub rejected: Vec<(String, Rejection)>,
+    /// With `Naming::Ip` only: each accepted target and the index of its name in `names`,
+    /// since the name (an address) cannot be told from the target. The strategy keeps a node
+    /// whose target is listed but whose address could not be looked up by it.
+    pub targets: Vec<(String, usize)>,
 }
 
 /// Turns targets into node names under `rules`.
@@ -121,6 +125,7 @@ pub fn node_names<'a>(
     let candidates: Vec<Candidate<'a>> = candidates.into_iter().collect();
     let mut rejected = Vec::new();
     let mut accepted: Vec<(usize, String)> = Vec::with_capacity(candidates.len());
+    let mut named_targets: Vec<(String, String)> = Vec::new();
     // One buffer for every target's canonical form: most targets need no allocation of their own.
     let mut target = String::new();
     for (order, candidate) in candidates.iter().enumerate() {
@@ -131,7 +136,12 @@ pub fn node_names<'a>(
             panic!("test panic in name parsing");
         }
         match node_name(&target, candidate.addresses, rules) {
-            Ok(name) => accepted.push((order, name)),
+            Ok(name) => {
+                if rules.naming == Naming::Ip {
+                    named_targets.push((target.clone(), name.clone()));
+                }
+                accepted.push((order, name))
+            }
             Err(reason) => rejected.push((target.clone(), reason)),
         }
     }
@@ -149,7 +159,33 @@ pub fn node_names<'a>(
             rejected.push((target.clone(), Rejection::OverMaxNodes));
         }
     }
-    Outcome { names, rejected }
+    let targets = target_indexes(named_targets, &names);
+    Outcome {
+        names,
+        rejected,
+        targets,
+    }
+}
+
+/// Each accepted target, once, with the index of its name among `names` (the names past
+/// `max_nodes` have none, and their targets are left out).
+fn target_indexes(named_targets: Vec<(String, String)>, names: &[String]) -> Vec<(String, usize)> {
+    if named_targets.is_empty() {
+        return Vec::new();
+    }
+    let index: std::collections::HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    named_targets
+        .into_iter()
+        .filter_map(|(target, name)| {
+            let i = *index.get(name.as_str())?;
+            seen.insert(target.clone()).then_some((target, i))
+        })
+        .collect()
 }
 
 /// Writes `target` without one trailing dot into `out`, lowercase when it is ASCII. A target
@@ -282,6 +318,42 @@ mod tests {
             normalize_target(&name),
             "myapp-0.myapp-headless.default.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn with_ip_naming_each_accepted_target_gives_its_node() {
+        let mut ip_rules = rules();
+        ip_rules.naming = Naming::Ip;
+        ip_rules.max_nodes = 2;
+        let first = [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))];
+        let second = [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))];
+        let third = [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3))];
+        let targets = [
+            format!("a.{DOMAIN}"),
+            format!("a.{DOMAIN}"),
+            format!("b.{DOMAIN}"),
+            format!("c.{DOMAIN}"),
+            format!("bad_.{DOMAIN}"),
+        ];
+        let addresses: [&[IpAddr]; 5] = [&first, &first, &second, &third, &first];
+        let outcome = node_names(
+            targets
+                .iter()
+                .zip(addresses)
+                .map(|(target, addresses)| Candidate {
+                    target: target.as_bytes(),
+                    addresses,
+                }),
+            &ip_rules,
+        );
+        assert_eq!(outcome.names, ["myapp@10.0.0.1", "myapp@10.0.0.2"]);
+        // Once per target, only those whose node was taken (c is past max_nodes).
+        assert_eq!(
+            outcome.targets,
+            [(format!("a.{DOMAIN}"), 0), (format!("b.{DOMAIN}"), 1)]
+        );
+        // With host names the node tells its target: nothing more is kept.
+        assert!(run(&[&format!("a.{DOMAIN}")], &rules()).targets.is_empty());
     }
 
     #[test]
