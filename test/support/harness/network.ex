@@ -82,7 +82,12 @@ defmodule ClusterSRV.Harness.Network do
   def sandbox!(%__MODULE__{pid: pid}, kind, opts \\ []),
     do: GenServer.call(pid, {:sandbox, kind, opts}, 30_000)
 
-  @doc "Ends every process in the sandbox and deletes it, as a pod's sandbox goes when it dies."
+  @doc """
+  Ends every process in the sandbox and deletes it, as a pod's sandbox goes when it dies. Its
+  veth pair goes first, at once: the kernel frees a deleted namespace, and the veth end in it,
+  only once nothing holds it any more (a socket the test VM opened there) and then in the
+  background, so the bridge's end would outlive the sandbox for a while.
+  """
   def remove_sandbox(%__MODULE__{pid: pid}, %Sandbox{} = sandbox),
     do: GenServer.call(pid, {:remove, sandbox}, 30_000)
 
@@ -288,8 +293,8 @@ defmodule ClusterSRV.Harness.Network do
     {:reply, sandbox, put_in(state.sandboxes[ns], sandbox)}
   end
 
-  def handle_call({:remove, %Sandbox{ns: ns}}, _from, state) do
-    Netns.delete(ns)
+  def handle_call({:remove, %Sandbox{ns: ns} = sandbox}, _from, state) do
+    delete_sandbox(state, sandbox)
     {:reply, :ok, %{state | sandboxes: Map.delete(state.sandboxes, ns)}}
   end
 
@@ -328,10 +333,19 @@ defmodule ClusterSRV.Harness.Network do
   def terminate(_reason, state) do
     Enum.each(state.caches, &DNS.stop/1)
     DNS.stop(state.dns)
-    for {ns, _} <- state.sandboxes, do: Netns.delete(ns)
+    for {_ns, sandbox} <- state.sandboxes, do: delete_sandbox(state, sandbox)
     Netns.delete(state.ns)
     Janitor.finish(state.janitor)
     :ok
+  end
+
+  # Deleting one end of a veth pair deletes both at once; the namespace may then linger,
+  # unnamed and linkless, until the kernel frees it.
+  defp delete_sandbox(state, %Sandbox{ns: ns, veth: veth}) do
+    if veth,
+      do: System.cmd(Netns.ip(), ["-n", state.ns, "link", "del", veth], stderr_to_stdout: true)
+
+    Netns.delete(ns)
   end
 
   defp next_ip(%{next_host: host} = state) when host < 255,
