@@ -205,36 +205,49 @@ defmodule ClusterSRV.Harness.Chaos.Invariants do
           "#{rel(setup, at)} #{group}: #{short(pod)}'s strategy disconnected #{short(node)}, " <>
             "alive since #{rel(setup, since(truth.alive, node, at))} and listed since " <>
             "#{rel(setup, since(truth.listed, node, at))} (window #{window} ms); " <>
-            explain(truth, reports, setup, pod, at, setup.groups[group].lookup)
+            explain(truth, reports, setup, pod, node, at, setup.groups[group].lookup)
       }
     end
     |> Enum.sort_by(& &1.at)
   end
 
-  # What the pod saw before `at`: the proxy's faults on its queries, and its lookups.
-  defp explain(truth, reports, setup, pod, at, within) do
+  # What the pod saw before `at`: the proxy's faults on its queries for the disconnected
+  # node's own name (its address), on its other queries, and its lookups.
+  defp explain(truth, reports, setup, pod, node, at, within) do
     ips = for {t, ip} <- Map.get(truth.ip, pod, []), t <= at, do: ip
     ip = List.last(ips)
+    own? = own_name(node)
 
-    faults =
-      for f <- setup.faults,
-          f.client == ip,
-          f.at >= at - within and f.at <= at,
-          do:
-            "#{f.kind} #{f.type |> to_string() |> String.upcase()} #{f.name} (#{rel(setup, f.at)})"
+    {own, other} =
+      setup.faults
+      |> Enum.filter(&(&1.client == ip and &1.at >= at - within and &1.at <= at))
+      |> Enum.split_with(&own?.(&1.name))
 
     lookups =
       for {t, {:lookup, result, nodes}} <- Map.get(reports, pod, []),
           t >= at - within and t <= at,
           do: "#{result} #{nodes} nodes (#{rel(setup, t)})"
 
-    fault_text =
-      case faults do
-        [] -> "no fault on its queries in the #{within} ms before"
-        faults -> "faults on its queries in the #{within} ms before: " <> Enum.join(faults, ", ")
-      end
+    "in the #{within} ms before, faults on its queries for #{short(node)}'s own name: " <>
+      faults_text(own, setup) <>
+      "; on its other queries: " <>
+      faults_text(other, setup) <> "; its lookups: " <> Enum.join(lookups, ", ")
+  end
 
-    fault_text <> "; its lookups then: " <> Enum.join(lookups, ", ")
+  defp faults_text([], _setup), do: "none"
+
+  defp faults_text(faults, setup) do
+    Enum.map_join(faults, ", ", fn f ->
+      "#{f.kind} #{f.type |> to_string() |> String.upcase()} #{f.name} (#{rel(setup, f.at)})"
+    end)
+  end
+
+  # Whether a name is the node's own: its host name, or the dashed-IP name SRV targets give a
+  # node named after its address.
+  defp own_name(node) do
+    [_app, host] = node |> Atom.to_string() |> String.split("@", parts: 2)
+    dashed = String.replace(host, [".", ":"], "-") <> "."
+    fn name -> name == host or String.starts_with?(name, dashed) end
   end
 
   # -- b. A pod dropped from the zone is dropped by everyone ---------------------------------------
