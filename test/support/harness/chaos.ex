@@ -26,7 +26,9 @@ defmodule ClusterSRV.Harness.Chaos do
   pod alive but out of the zone (in `dc`, a whole service), so that invariant b always has
   something to check; then the quiet phase, and the second sample at its end. The changes
   come from a `:rand` state seeded with `seed`, as do the proxy's faults: a seed replays the
-  schedule (its times move with the machine's speed).
+  schedule (its times move with the machine's speed, and a change that is not possible when
+  its turn comes is skipped). Every pod started takes a new address of the pod network's 245:
+  after 230, a long run starts no more pods, and goes on with the other changes.
   """
 
   alias ClusterSRV.Harness.{DNS, DNSProxy, NetnsCluster, Network, Pod}
