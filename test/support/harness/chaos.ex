@@ -631,6 +631,8 @@ defmodule ClusterSRV.Harness.Chaos do
 
     result = Invariants.check(events, setup)
     violations = result.violations |> Map.values() |> Enum.map(&length/1) |> Enum.sum()
+    # BIND's restarts are faults too; an outage of one type counts each query it failed.
+    counts = Map.put(counts, :bind_restart, Map.get(run.changes, :bind_restart, 0))
     injected = counts |> Map.values() |> Enum.sum()
     changes = @pod_changes |> Enum.map(&Map.get(run.changes, &1, 0)) |> Enum.sum()
 
@@ -645,11 +647,10 @@ defmodule ClusterSRV.Harness.Chaos do
             "the run ended at #{Invariants.rel(run, phases.end_at)}",
           "groups: " <> Enum.map_join(groups(), "; ", &"#{&1.name} (#{&1.what})"),
           "faults injected, by kind: " <>
-            Enum.map_join(DNSProxy.kinds() ++ [:type_outage], ", ", fn kind ->
+            Enum.map_join(DNSProxy.kinds() ++ [:type_outage, :bind_restart], ", ", fn kind ->
               "#{kind} #{Map.get(counts, kind, 0)}"
-            end),
-          "other faults: #{Map.get(run.changes, :bind_restart, 0)} BIND restarts, " <>
-            "#{Map.get(run.changes, :outage, 0)} outages of one record type",
+            end) <>
+            " (type_outage: queries failed in #{Map.get(run.changes, :outage, 0)} outages)",
           "pod changes: " <>
             Enum.map_join(@pod_changes, ", ", &"#{&1} #{Map.get(run.changes, &1, 0)}") <>
             "; pods started #{started}, stopped #{stopped}",
