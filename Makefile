@@ -50,9 +50,10 @@ test: setup $(K8S_VALIDATE)
 CHAOS_SECONDS ?= 600
 CHAOS_SEED ?=
 CHAOS_TEST_SEED := 1
+# The leftovers are checked whatever the soak found.
 chaos: setup
-	CLUSTER_SRV_RUN=$(RUN) CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) mix test --only chaos
-	@$(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN)
+	CLUSTER_SRV_RUN=$(RUN) CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) mix test --only chaos; \
+	status=$$?; $(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN) && exit $$status
 
 # The harness must leave no pod VM, no named, no network namespace and no /etc/netns entry
 # behind. Every process a run starts carries its run id in its command line (see
