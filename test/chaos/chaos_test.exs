@@ -11,6 +11,10 @@ defmodule ClusterSRV.ChaosTest do
   @moduletag :netns
   @moduletag timeout: :infinity
 
+  # `--only chaos` includes it even where test_helper.exs excludes the :netns tests.
+  if reason = ClusterSRV.Harness.Netns.unavailable_reason(),
+    do: @moduletag(skip: "pods in network namespaces: #{reason}")
+
   alias ClusterSRV.Harness.Chaos
 
   defp env_integer(name, default) do
