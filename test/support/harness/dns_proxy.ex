@@ -27,6 +27,7 @@ defmodule ClusterSRV.Harness.DNSProxy do
       another of whose types the same client was answered with records, unchanged, in the
       same poll. The proxy holds such an answer for 150 ms to see the other types' answers;
       when none came, the client gets BIND's answer.
+
   And `outage/4`: every query of one type fails (`:servfail`, or `:drop`) for a while.
 
   Each query's fault is drawn from a `:rand` state of its own client, name and type, seeded
