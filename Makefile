@@ -1,4 +1,5 @@
-# libcluster_srv: `make demo` runs a local cluster formed from DNS SRV; `make test` runs every check.
+# libcluster_srv: `make demo` runs a local cluster formed from DNS SRV; `make test` runs every check;
+# `make chaos` soaks the strategy in partial DNS faults and pod churn for CHAOS_SECONDS.
 # Both install what is missing first (Debian packages; Rust is expected on the machine).
 
 SHELL := /bin/bash
@@ -6,7 +7,7 @@ DEBS := elixir erlang-dev erlang-nox bind9 bind9-dnsutils nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:/usr/sbin:$(PATH)
 
-.PHONY: setup build test demo bench fuzz fuzz-corpus clean check-no-leftovers
+.PHONY: setup build test chaos demo bench fuzz fuzz-corpus clean check-no-leftovers
 
 setup:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -40,7 +41,19 @@ test: setup $(K8S_VALIDATE)
 	MIX_ENV=dev mix compile --warnings-as-errors
 	MIX_ENV=test mix compile --warnings-as-errors
 	CLUSTER_SRV_RUN=$(RUN) RUST_BACKTRACE=0 mix test
+	CLUSTER_SRV_RUN=$(RUN) CHAOS_SECONDS=60 CHAOS_SEED=$(CHAOS_TEST_SEED) mix test --only chaos
 	@$(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN)
+
+# The chaos soak (test/chaos/chaos_test.exs): pods under partial DNS faults, BIND restarts and
+# churn for CHAOS_SECONDS of faults, then a quiet phase; it prints its seed first, and
+# CHAOS_SEED=<seed> replays a run's schedule. `make test` runs 60 s of it with a fixed seed.
+CHAOS_SECONDS ?= 600
+CHAOS_SEED ?=
+CHAOS_TEST_SEED := 1
+# The leftovers are checked whatever the soak found.
+chaos: setup
+	CLUSTER_SRV_RUN=$(RUN) CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) mix test --only chaos; \
+	status=$$?; $(MAKE) --no-print-directory check-no-leftovers RUN=$(RUN) && exit $$status
 
 # The harness must leave no pod VM, no named, no network namespace and no /etc/netns entry
 # behind. Every process a run starts carries its run id in its command line (see

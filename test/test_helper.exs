@@ -19,4 +19,6 @@ netns_exclusion =
 # application is.
 Code.ensure_loaded!(:telemetry)
 
-ExUnit.start(capture_log: true, exclude: netns_exclusion)
+# The chaos soak runs only when asked for (`mix test --only chaos`, as `make chaos` and `make
+# test` run it): it takes minutes.
+ExUnit.start(capture_log: true, exclude: [:chaos | netns_exclusion])

@@ -68,6 +68,10 @@ defmodule ClusterSRV.Integration.NetnsHarnessTest do
     assert Enum.any?(Pod.info(pod).lookups, &match?({_, ":ok", 2}, &1))
   end
 
+  # The veths on the cluster network's bridge, one line each.
+  defp veths(network),
+    do: network.ns |> Netns.cmd!(~w(ip -o link show type veth)) |> String.split("\n", trim: true)
+
   test "the cluster network has no link to the host and no route out", %{
     cluster: cluster,
     network: network
@@ -78,9 +82,7 @@ defmodule ClusterSRV.Integration.NetnsHarnessTest do
              routes == ["10.244.0.0/24 dev br0 proto kernel scope link src 10.244.0.1"]
 
     # Every veth in the cluster network leads into one of this run's pod namespaces.
-    veths =
-      network.ns |> Netns.cmd!(~w(ip -o link show type veth)) |> String.split("\n", trim: true)
-
+    veths = veths(network)
     assert veths != []
     for veth <- veths, do: assert(veth =~ "link-netns csrv-#{Netns.run_tag()}-", veth)
 
@@ -97,6 +99,27 @@ defmodule ClusterSRV.Integration.NetnsHarnessTest do
              "#{ns} reached #{address}"
 
       assert reason in [:enetunreach, :ehostunreach], "#{ns} to #{address}: #{reason}"
+    end
+  end
+
+  # A namespace lives on, unnamed, while anything holds it (here a socket the test VM opened in
+  # it, as a dead pod's listener is), and the kernel frees it, and the veth end in it, only
+  # later: a removed sandbox's veth on the bridge once outlived its name, listed with a bare
+  # link-netnsid.
+  test "a removed sandbox takes its veth with it at once, even while something holds its namespace",
+       %{network: network} do
+    sandbox = Network.sandbox!(network, "held")
+    assert Enum.any?(veths(network), &(&1 =~ "#{sandbox.veth}@"))
+
+    {:ok, held} = :gen_tcp.listen(0, ip: sandbox.ip, netns: Netns.path(sandbox.ns))
+
+    try do
+      Network.remove_sandbox(network, sandbox)
+      veths = veths(network)
+      refute Enum.any?(veths, &(&1 =~ "#{sandbox.veth}@")), Enum.join(veths, "\n")
+      for veth <- veths, do: assert(veth =~ "link-netns csrv-#{Netns.run_tag()}-", veth)
+    after
+      :gen_tcp.close(held)
     end
   end
 

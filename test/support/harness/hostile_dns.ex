@@ -54,6 +54,7 @@ defmodule ClusterSRV.Harness.HostileDNS do
   use GenServer
 
   import Bitwise
+  import ClusterSRV.Harness.DNSMessage, only: [header: 6, encode_labels: 1]
 
   defstruct [:pid, :port]
 
@@ -428,12 +429,6 @@ defmodule ClusterSRV.Harness.HostileDNS do
 
     header(id, 0x8400, 1, length(records), 0, 0) <> question <> IO.iodata_to_binary(records)
   end
-
-  defp encode_labels(labels),
-    do: labels |> Enum.map(&<<byte_size(&1)::8, &1::binary>>) |> IO.iodata_to_binary()
-
-  defp header(id, flags, qd, an, ns, ar),
-    do: <<id::16, flags::16, qd::16, an::16, ns::16, ar::16>>
 
   defp question_bytes(name) do
     labels = name |> String.trim_trailing(".") |> String.split(".")

@@ -22,19 +22,25 @@ defmodule ClusterSRV.Harness.Network do
 
   Faults it plays: a partition (the veth link down, or nftables rules that drop the pod's
   traffic), a share of DNS datagrams dropped (nftables `numgen random`), the DNS stopped and
-  started (`ClusterSRV.Harness.DNS.pause/1` and `resume/1` on `dns/1`), and per-node caching
-  DNS servers (`start_cache!/2`) that serve answers up to 30 s stale.
+  started (`ClusterSRV.Harness.DNS.pause/1` and `resume/1` on `dns/1`), per-node caching
+  DNS servers (`start_cache!/2`) that serve answers up to 30 s stale, and, with `proxy:`,
+  partial faults per query (`ClusterSRV.Harness.DNSProxy`): BIND then listens on a hidden
+  address, 10.96.0.11, where dynamic updates still go, and the proxy at 10.96.0.10 forwards the
+  pods' queries to it.
+
+      net = ClusterSRV.Harness.Network.start!(proxy: [seed: 7, faults: [drop: 0.05]])
+      ClusterSRV.Harness.DNSProxy.counts(ClusterSRV.Harness.Network.proxy(net))
 
   The network is a process linked to its caller. It records every namespace it makes with a
   `ClusterSRV.Harness.Janitor` first, so nothing it made survives it, even if the VM is killed.
   """
   use GenServer
 
-  alias ClusterSRV.Harness.{DNS, Janitor, Netns}
+  alias ClusterSRV.Harness.{DNS, DNSProxy, Janitor, Netns}
 
-  defstruct [:pid, :ns, :dns]
+  defstruct [:pid, :ns, :dns, :proxy]
 
-  @type t :: %__MODULE__{pid: pid(), ns: String.t(), dns: DNS.t()}
+  @type t :: %__MODULE__{pid: pid(), ns: String.t(), dns: DNS.t(), proxy: DNSProxy.t() | nil}
 
   defmodule Sandbox do
     @moduledoc "A pod's network namespace: its name, its address, and its veth on the bridge."
@@ -49,6 +55,8 @@ defmodule ClusterSRV.Harness.Network do
   end
 
   @dns_ip {10, 96, 0, 10}
+  # Where BIND listens behind a proxy: in the cluster network only, never in a pod's resolv.conf.
+  @hidden_dns_ip {10, 96, 0, 11}
   @gateway {10, 244, 0, 1}
   @service_range "10.96.0.0/12"
 
@@ -57,7 +65,9 @@ defmodule ClusterSRV.Harness.Network do
 
   @doc """
   Builds the cluster network and starts its DNS. Options: `:services` and `:extra`, passed to
-  `ClusterSRV.Harness.DNS.start!/1`.
+  `ClusterSRV.Harness.DNS.start!/1`; `:proxy`, the options of `ClusterSRV.Harness.DNSProxy`
+  (`true` for none): BIND listens at 10.96.0.11 and a fault-injecting proxy at the service
+  address.
   """
   def start!(opts \\ []) do
     {:ok, pid} = GenServer.start_link(__MODULE__, opts)
@@ -71,8 +81,14 @@ defmodule ClusterSRV.Harness.Network do
     :exit, _ -> :ok
   end
 
-  @doc "The cluster DNS (a `ClusterSRV.Harness.DNS`)."
+  @doc """
+  The cluster DNS (a `ClusterSRV.Harness.DNS`): BIND, where dynamic updates go, at the service
+  address or, with a proxy, behind it.
+  """
   def dns(%__MODULE__{dns: dns}), do: dns
+
+  @doc "The fault-injecting proxy at the service address (`ClusterSRV.Harness.DNSProxy`), or nil."
+  def proxy(%__MODULE__{proxy: proxy}), do: proxy
 
   @doc """
   Makes a pod sandbox: a namespace (`csrv-<run>-<n>-<kind>`) on the bridge with the next free
@@ -82,7 +98,12 @@ defmodule ClusterSRV.Harness.Network do
   def sandbox!(%__MODULE__{pid: pid}, kind, opts \\ []),
     do: GenServer.call(pid, {:sandbox, kind, opts}, 30_000)
 
-  @doc "Ends every process in the sandbox and deletes it, as a pod's sandbox goes when it dies."
+  @doc """
+  Ends every process in the sandbox and deletes it, as a pod's sandbox goes when it dies. Its
+  veth pair goes first, at once: the kernel frees a deleted namespace, and the veth end in it,
+  only once nothing holds it any more (a socket the test VM opened there) and then in the
+  background, so the bridge's end would outlive the sandbox for a while.
+  """
   def remove_sandbox(%__MODULE__{pid: pid}, %Sandbox{} = sandbox),
     do: GenServer.call(pid, {:remove, sandbox}, 30_000)
 
@@ -239,16 +260,36 @@ defmodule ClusterSRV.Harness.Network do
     Netns.ip!(ns, ["addr", "add", "#{:inet.ntoa(@gateway)}/24", "dev", "br0"])
     Netns.ip!(ns, ~w(link set br0 up))
 
-    dns =
-      DNS.start!(Keyword.take(opts, [:services, :extra]) ++ [netns: ns, ip: @dns_ip, port: 53])
+    proxy_opts =
+      case Keyword.get(opts, :proxy) do
+        nil -> nil
+        false -> nil
+        true -> []
+        proxy_opts -> proxy_opts
+      end
+
+    dns_ip = if proxy_opts, do: @hidden_dns_ip, else: @dns_ip
+
+    if proxy_opts,
+      do: Netns.ip!(ns, ["addr", "add", "#{:inet.ntoa(@hidden_dns_ip)}/32", "dev", "lo"])
+
+    dns = DNS.start!(Keyword.take(opts, [:services, :extra]) ++ [netns: ns, ip: dns_ip, port: 53])
 
     Janitor.track(janitor, :dir, dns.dir)
+
+    proxy =
+      if proxy_opts,
+        do:
+          DNSProxy.start!(
+            [netns: ns, ip: @dns_ip, port: 53, upstream: {@hidden_dns_ip, 53}] ++ proxy_opts
+          )
 
     {:ok,
      %{
        ns: ns,
        janitor: janitor,
        dns: dns,
+       proxy: proxy,
        caches: [],
        sandboxes: %{},
        next_host: 10,
@@ -258,7 +299,8 @@ defmodule ClusterSRV.Harness.Network do
 
   @impl true
   def handle_call(:info, _from, state),
-    do: {:reply, %__MODULE__{pid: self(), ns: state.ns, dns: state.dns}, state}
+    do:
+      {:reply, %__MODULE__{pid: self(), ns: state.ns, dns: state.dns, proxy: state.proxy}, state}
 
   def handle_call({:sandbox, kind, opts}, _from, state) do
     ns = Netns.name(kind)
@@ -288,8 +330,8 @@ defmodule ClusterSRV.Harness.Network do
     {:reply, sandbox, put_in(state.sandboxes[ns], sandbox)}
   end
 
-  def handle_call({:remove, %Sandbox{ns: ns}}, _from, state) do
-    Netns.delete(ns)
+  def handle_call({:remove, %Sandbox{ns: ns} = sandbox}, _from, state) do
+    delete_sandbox(state, sandbox)
     {:reply, :ok, %{state | sandboxes: Map.delete(state.sandboxes, ns)}}
   end
 
@@ -326,12 +368,22 @@ defmodule ClusterSRV.Harness.Network do
 
   @impl true
   def terminate(_reason, state) do
+    if state.proxy, do: DNSProxy.stop(state.proxy)
     Enum.each(state.caches, &DNS.stop/1)
     DNS.stop(state.dns)
-    for {ns, _} <- state.sandboxes, do: Netns.delete(ns)
+    for {_ns, sandbox} <- state.sandboxes, do: delete_sandbox(state, sandbox)
     Netns.delete(state.ns)
     Janitor.finish(state.janitor)
     :ok
+  end
+
+  # Deleting one end of a veth pair deletes both at once; the namespace may then linger,
+  # unnamed and linkless, until the kernel frees it.
+  defp delete_sandbox(state, %Sandbox{ns: ns, veth: veth}) do
+    if veth,
+      do: System.cmd(Netns.ip(), ["-n", state.ns, "link", "del", veth], stderr_to_stdout: true)
+
+    Netns.delete(ns)
   end
 
   defp next_ip(%{next_host: host} = state) when host < 255,

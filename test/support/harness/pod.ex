@@ -86,8 +86,10 @@ defmodule ClusterSRV.Harness.Pod do
 
   @doc """
   Everything the pod reported: `%{ready_at, os_pid, members, history, connects, disconnects,
-  lookups, alive, log}`. `lookups` are `{at, result, node_count}` for each of the strategy's lookups,
-  from its telemetry (test builds only, where the `:telemetry` stand-in is compiled).
+  lookups, vm, self_listed, alive, log}`. `lookups` are `{at, result, node_count}` for each of the strategy's lookups,
+  from its telemetry (test builds only, where the `:telemetry` stand-in is compiled); `vm` are
+  `{at, %{processes, fds, atoms, memory, modules}}`, the VM's own figures every 2 s (the latest 1,000);
+  `self_listed` whether the strategy's latest answer listed this pod (`nil` before the first).
   """
   def info(%__MODULE__{pid: pid}), do: GenServer.call(pid, :info)
 
@@ -182,6 +184,8 @@ defmodule ClusterSRV.Harness.Pod do
        connects: [],
        disconnects: [],
        lookups: [],
+       vm: [],
+       self_listed: nil,
        alive: true,
        exited_at: nil,
        failure: nil,
@@ -317,6 +321,8 @@ defmodule ClusterSRV.Harness.Pod do
        connects: Enum.reverse(state.connects),
        disconnects: Enum.reverse(state.disconnects),
        lookups: Enum.reverse(state.lookups),
+       vm: Enum.reverse(state.vm),
+       self_listed: state.self_listed,
        alive: state.alive,
        exited_at: state.exited_at,
        log: Enum.reverse(state.log)
@@ -409,7 +415,23 @@ defmodule ClusterSRV.Harness.Pod do
 
   defp handle_line("@@ lookup " <> rest, at, state) do
     [nodes, result] = String.split(rest, " ", parts: 2)
+    notify(state, {:lookup, result, String.to_integer(nodes)}, at)
     %{state | lookups: [{at, result, String.to_integer(nodes)} | state.lookups]}
+  end
+
+  defp handle_line("@@ self_listed " <> listed, at, state) do
+    self_listed = listed == "true"
+    notify(state, {:self_listed, self_listed}, at)
+    %{state | self_listed: self_listed}
+  end
+
+  defp handle_line("@@ vm " <> rest, at, state) do
+    [processes, fds, atoms, memory, modules] =
+      rest |> String.split() |> Enum.map(&String.to_integer/1)
+
+    sample = %{processes: processes, fds: fds, atoms: atoms, memory: memory, modules: modules}
+    notify(state, {:vm, sample}, at)
+    %{state | vm: Enum.take([{at, sample} | state.vm], 1_000)}
   end
 
   defp handle_line(line, at, %{release?: true} = state) do

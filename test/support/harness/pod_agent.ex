@@ -13,7 +13,13 @@ defmodule ClusterSRV.Harness.PodAgent do
       apart from those OTP's `global` makes on its own;
     * `@@ disconnect <node>` - each disconnect call the strategy makes;
     * `@@ lookup <node count> <result>` - each lookup the strategy finished, from its
-      `[:cluster_srv, :lookup]` telemetry, where the test build's `:telemetry` stand-in is loaded.
+      `[:cluster_srv, :lookup]` telemetry, where the test build's `:telemetry` stand-in is loaded,
+      then `@@ self_listed true|false` when whether its answers list this node changed (its
+      `ClusterSRV.status/1`);
+    * `@@ vm <processes> <fds> <atoms> <memory> <modules>` - every 2 s, the VM's process
+      count, its open file descriptors (from `/proc/self/fd`), its atom count,
+      `:erlang.memory(:total)` in bytes and its loaded modules, so that a long run can tell a
+      leak from a steady state (a module loaded late brings its atoms).
 
   Anything else on the output is the pod's log.
 
@@ -32,6 +38,7 @@ defmodule ClusterSRV.Harness.PodAgent do
     watcher = spawn_link(&watch_nodes/0)
     :ok = wait_subscribed(watcher)
     report_lookups(topology)
+    spawn_link(&report_vm/0)
 
     mfas = [connect: {__MODULE__, :connect, []}, disconnect: {__MODULE__, :disconnect, []}]
     spec = [config: config] ++ mfas
@@ -89,22 +96,54 @@ defmodule ClusterSRV.Harness.PodAgent do
   # for it; elsewhere there is nothing to report.
   defp report_lookups(topology) do
     if Code.ensure_loaded?(:telemetry) and not function_exported?(:telemetry, :attach, 4) do
-      reporter =
-        spawn_link(fn ->
-          Stream.repeatedly(fn ->
-            receive do
-              {:telemetry, [:cluster_srv, :lookup], %{nodes: nodes}, %{result: result}} ->
-                say("lookup #{nodes} #{inspect(result)}")
-
-              _other ->
-                :ok
-            end
-          end)
-          |> Stream.run()
-        end)
-
+      reporter = spawn_link(fn -> report_lookups(topology, nil) end)
       :persistent_term.put({:telemetry_stand_in, topology}, reporter)
     end
+  end
+
+  # After each lookup, whether the strategy's latest answer listed this node, when that changed.
+  defp report_lookups(topology, self_listed) do
+    receive do
+      {:telemetry, [:cluster_srv, :lookup], %{nodes: nodes}, %{result: result}} ->
+        say("lookup #{nodes} #{inspect(result)}")
+
+        case self_listed(topology) do
+          ^self_listed ->
+            report_lookups(topology, self_listed)
+
+          now ->
+            say("self_listed #{now}")
+            report_lookups(topology, now)
+        end
+
+      _other ->
+        report_lookups(topology, self_listed)
+    end
+  end
+
+  defp self_listed(topology) do
+    case ClusterSRV.status(topology) do
+      %{self_listed: self_listed} -> self_listed
+      _ -> nil
+    end
+  catch
+    # The strategy is stopping.
+    :exit, _ -> nil
+  end
+
+  @vm_every 2_000
+
+  defp report_vm do
+    # The listing's own descriptor is counted in every sample alike.
+    fds = length(File.ls!("/proc/self/fd"))
+
+    say(
+      "vm #{:erlang.system_info(:process_count)} #{fds} #{:erlang.system_info(:atom_count)} " <>
+        "#{:erlang.memory(:total)} #{length(:code.all_loaded())}"
+    )
+
+    Process.sleep(@vm_every)
+    report_vm()
   end
 
   # Other pods may connect as soon as distribution is up, before this runs: report the nodes
