@@ -1,42 +1,42 @@
 defmodule ClusterSRV do
+  @options_path Path.join(__DIR__, "cluster_srv/options.md")
+  @external_resource @options_path
+
   @moduledoc """
-  DNS SRV clustering for Erlang/Elixir, with libcluster or without it.
-
-  ## With libcluster
-
-  Name `ClusterSRV.Strategy` in a topology; it takes libcluster's `Kubernetes.DNSSRV` config
-  unchanged (see its docs for every key):
-
-      config :libcluster,
-        topologies: [
-          myapp: [
-            strategy: ClusterSRV.Strategy,
-            config: [service: "myapp-headless", namespace: "default", application_name: "myapp"]
-          ]
-        ]
-
-  ## Without libcluster
-
-  Add one child to your supervision tree, as with Phoenix's `dns_cluster`:
+  Forms an Erlang/Elixir cluster from DNS: one child in your supervision tree, without
+  libcluster (with libcluster, use `ClusterSRV.Strategy`).
 
       children = [
+        # Phoenix's dns_cluster form: nodes named <this node's basename>@<address>
+        {ClusterSRV, query: Application.get_env(:my_app, :dns_cluster_query) || :ignore},
+        # or a Kubernetes headless service, nodes named myapp@<pod's DNS name>
         {ClusterSRV, service: "myapp-headless", namespace: "default", application_name: "myapp"}
       ]
 
-  It is the same strategy and the same code path: `start_link/1` takes the strategy's config
-  keys, plus libcluster's optional topology keys:
+  Every poll asks DNS, connects the nodes it lists that are not connected yet, and (unless in
+  dns_cluster's form) disconnects the nodes it connected that DNS no longer lists. A failed
+  lookup, or a failed part of one, disconnects no one.
 
-    * `:connect`, `:disconnect`, `:list_nodes` - `{module, function, args}`, with libcluster's
-      defaults (`{:net_kernel, :connect_node, []}`, `{:erlang, :disconnect_node, []}`,
-      `{:erlang, :nodes, [:connected]}`);
-    * `:topology` - the name in the logs, `[libcluster:<topology>]`. Defaults to `:cluster_srv`.
+  ## Options
 
-  A bad key raises `ArgumentError` at start, as for the strategy.
+  #{File.read!(@options_path)}
 
-  When the node is not distributed (`Node.self() == :nonode@nohost`, as in `iex -S mix` without
-  `--name`), it logs once and returns `:ignore`: nothing polls, and the supervisor carries on.
-  When the node uses short names, it warns once: the names it finds in DNS are fully qualified,
-  which only long names (`--name`, `RELEASE_DISTRIBUTION=name`) can reach.
+  And, as libcluster's topology keys:
+
+  | key | default | meaning |
+  |---|---|---|
+  | `name` | none | a name to register the process under: an atom, `{:global, term}` or `{:via, module, term}`; it is also the child's id |
+  | `topology` | `:cluster_srv` | the name in the logs (`[cluster_srv:<topology>]`) and for `status/1` and `await/2` |
+  | `connect`, `disconnect` | `{:net_kernel, :connect_node, []}`, `{:erlang, :disconnect_node, []}` (or the `resolver` module's `connect_node/1`) | `{module, function, args}`, called with the node appended |
+  | `list_nodes` | `{:erlang, :nodes, [:connected]}`; dns_cluster: visible nodes only (or the `resolver` module's `list_nodes/0`) | `{module, function, args}` giving the connected nodes |
+
+  A missing or bad key raises `ArgumentError` at start, naming the key, the value and what is
+  expected.
+
+  On a node that is not distributed (`iex -S mix` without `--name`) it logs once and returns
+  `:ignore`, so the app starts without clustering; in dns_cluster's form it runs anyway and
+  warns, as dns_cluster does. On a node with short names it warns once: the names in DNS are
+  fully qualified.
   """
 
   require Logger
@@ -52,7 +52,7 @@ defmodule ClusterSRV do
   """
   def child_spec(opts) do
     %{
-      id: {__MODULE__, Keyword.get(opts, :topology, :cluster_srv)},
+      id: {__MODULE__, Keyword.get(opts, :name) || Keyword.get(opts, :topology, :cluster_srv)},
       start: {__MODULE__, :start_link, [opts]},
       type: :worker
     }
@@ -96,22 +96,43 @@ defmodule ClusterSRV do
               "Example: name: MyApp.DNSCluster"
     end
 
+    unless Enum.any?([:query, :service, :namespace], &Keyword.has_key?(config, &1)) do
+      raise ArgumentError,
+            "missing required key :query: expected the DNS name to ask, as dns_cluster's " <>
+              ":query (or :service and :namespace for a Kubernetes headless service), got: " <>
+              "#{inspect(opts)}. Example: {ClusterSRV, query: \"myapp.internal\"}"
+    end
+
+    dns_cluster? = ClusterSRV.Config.dns_cluster_form?(config)
+    defaults = topology_defaults(Keyword.get(config, :resolver), dns_cluster?)
+
     state = %{
       topology: topology,
-      connect: Keyword.get(topology_opts, :connect, {:net_kernel, :connect_node, []}),
+      connect: Keyword.get(topology_opts, :connect, defaults.connect),
       disconnect: Keyword.get(topology_opts, :disconnect, {:erlang, :disconnect_node, []}),
-      list_nodes: Keyword.get(topology_opts, :list_nodes, {:erlang, :nodes, [:connected]}),
+      list_nodes: Keyword.get(topology_opts, :list_nodes, defaults.list_nodes),
       config: config,
       meta: nil
     }
 
     # Validate first: a bad config is a mistake whether or not the node is distributed.
-    built = ClusterSRV.Strategy.build!(state)
+    {topology_state, lookup} = ClusterSRV.Strategy.build!(state)
+    built = {%{topology_state | libcluster?: false}, lookup}
 
     case Node.self() do
+      :nonode@nohost when dns_cluster? ->
+        # dns_cluster keeps polling on a node that is not distributed, and says so.
+        Logger.warning(
+          "[cluster_srv:#{topology}] the node is not distributed, so no node can be connected. " <>
+            "Start it with a long name: `--name app@host`, or in a release " <>
+            "RELEASE_DISTRIBUTION=name and RELEASE_NODE=app@host."
+        )
+
+        ClusterSRV.Strategy.start_built(built, if(name, do: [name: name], else: []))
+
       :nonode@nohost ->
         Logger.info(
-          "[libcluster:#{topology}] the node is not distributed, so DNS clustering is off. " <>
+          "[cluster_srv:#{topology}] the node is not distributed, so DNS clustering is off. " <>
             "Start it with a long name: `--name app@host`, or in a release " <>
             "RELEASE_DISTRIBUTION=name and RELEASE_NODE=app@host."
         )
@@ -121,7 +142,7 @@ defmodule ClusterSRV do
       _distributed ->
         if :net_kernel.longnames() != true do
           Logger.warning(
-            "[libcluster:#{topology}] the node #{inspect(Node.self())} uses short names, but the " <>
+            "[cluster_srv:#{topology}] the node #{inspect(Node.self())} uses short names, but the " <>
               "names found in DNS are fully qualified: start it with `--name` " <>
               "(RELEASE_DISTRIBUTION=name in a release)"
           )
@@ -251,8 +272,33 @@ defmodule ClusterSRV do
 
   defp whereis(pid) when is_pid(pid), do: pid
 
+  # A topology's name, or the `name` a standalone strategy was registered under.
   defp whereis(topology) when is_atom(topology),
-    do: Process.whereis(ClusterSRV.Strategy.registered_name(topology))
+    do:
+      Process.whereis(ClusterSRV.Strategy.registered_name(topology)) ||
+        Process.whereis(topology)
 
+  defp whereis({:global, _} = name), do: GenServer.whereis(name)
+  defp whereis({:via, _, _} = name), do: GenServer.whereis(name)
   defp whereis(_other), do: nil
+
+  # libcluster's MFAs, or dns_cluster's: its resolver module's connect_node/1 and list_nodes/0
+  # when it has them, and only visible nodes as connected (a hidden node is no peer).
+  defp topology_defaults(resolver, dns_cluster?) do
+    module? = is_atom(resolver) and resolver != nil and Code.ensure_loaded?(resolver)
+
+    %{
+      connect:
+        if(module? and function_exported?(resolver, :connect_node, 1),
+          do: {resolver, :connect_node, []},
+          else: {:net_kernel, :connect_node, []}
+        ),
+      list_nodes:
+        cond do
+          module? and function_exported?(resolver, :list_nodes, 0) -> {resolver, :list_nodes, []}
+          dns_cluster? -> {:erlang, :nodes, [:visible]}
+          true -> {:erlang, :nodes, [:connected]}
+        end
+    }
+  end
 end

@@ -14,8 +14,63 @@ defmodule ClusterSRVTest do
         assert ClusterSRV.start_link(@config ++ [nameservers: ["127.0.0.1:1"]]) == :ignore
       end)
 
-    assert log =~ "[libcluster:cluster_srv] the node is not distributed"
+    assert log =~ "[cluster_srv:cluster_srv] the node is not distributed"
+    refute log =~ "libcluster"
     assert log =~ "--name"
+  end
+
+  test "in dns_cluster's form it runs on a node that is not distributed, as dns_cluster does" do
+    ClusterSRV.FakeDNSCluster.subscribe()
+
+    log =
+      capture_log(fn ->
+        assert {:ok, pid} =
+                 ClusterSRV.start_link(query: "app.internal", resolver: ClusterSRV.FakeDNSCluster)
+
+        assert_receive {:fake_dns_cluster, :connect, :"fake@10.0.0.2"}, 1_000
+        GenServer.stop(pid)
+      end)
+
+    assert log =~ "[cluster_srv:cluster_srv] the node is not distributed"
+  end
+
+  test "a dns_cluster resolver module: lookup/2, connect_node/1, list_nodes/0, basename/1" do
+    # The fake lists 10.0.0.1 (connected already) and 10.0.0.2 for A, fd00::3 for AAAA.
+    ClusterSRV.FakeDNSCluster.subscribe()
+
+    {:ok, pid} =
+      ClusterSRV.start_link(
+        query: "app.internal",
+        resolver: ClusterSRV.FakeDNSCluster,
+        interval: 60_000,
+        name: :"fake_#{System.unique_integer([:positive])}"
+      )
+
+    assert_receive {:fake_dns_cluster, :connect, :"fake@10.0.0.2"}, 1_000
+    assert_receive {:fake_dns_cluster, :connect, :"fake@fd00::3"}, 1_000
+    refute_receive {:fake_dns_cluster, :connect, _}, 200
+    assert ClusterSRV.status(pid).queries |> Enum.map(& &1.type) == [:a, :aaaa]
+  end
+
+  test "two children that differ only in name both start, each found by its name" do
+    children =
+      for name <- [:first_cluster, :second_cluster] do
+        {ClusterSRV,
+         query: "app.internal", resolver: ClusterSRV.FakeDNSCluster, interval: 60_000, name: name}
+      end
+
+    capture_log(fn ->
+      {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one)
+      assert length(Supervisor.which_children(sup)) == 2
+      assert is_map(ClusterSRV.status(:first_cluster))
+      assert is_map(ClusterSRV.status(:second_cluster))
+      Supervisor.stop(sup)
+    end)
+  end
+
+  test "a missing :query says so" do
+    error = assert_raise ArgumentError, fn -> ClusterSRV.start_link(name: :x) end
+    assert error.message =~ "missing required key :query"
   end
 
   test "a supervisor carries on without it" do
@@ -34,6 +89,13 @@ defmodule ClusterSRVTest do
       end
 
     assert error.message =~ "missing required key :service"
+
+    error =
+      assert_raise ArgumentError, fn ->
+        ClusterSRV.start_link(Keyword.drop(@config, [:service, :namespace]))
+      end
+
+    assert error.message =~ "missing required key :query"
 
     error =
       assert_raise ArgumentError, fn ->
@@ -58,6 +120,7 @@ defmodule ClusterSRVTest do
   test "each topology has its own child id" do
     assert ClusterSRV.child_spec(@config ++ [topology: :a]).id == {ClusterSRV, :a}
     assert ClusterSRV.child_spec(@config ++ [topology: :b]).id == {ClusterSRV, :b}
+    assert ClusterSRV.child_spec(@config ++ [name: MyApp.DNS]).id == {ClusterSRV, MyApp.DNS}
   end
 
   @tag :integration

@@ -1,17 +1,16 @@
 defmodule ClusterSRV.Config do
-  @moduledoc """
-  Validation of options, with errors that name the key, the value given and what is expected.
-
-  A bad option is a programmer's mistake, found at start: it raises `ArgumentError`.
-
-  ## Example
-
-      iex> ClusterSRV.Config.resolver_options!(nameservers: ["127.0.0.1:5353"], timeout: 500)
-      [nameservers: ["127.0.0.1:5353"], timeout: 500, attempts: 2]
-
-      iex> ClusterSRV.Config.resolver_options!(timeout: -1)
-      ** (ArgumentError) invalid value for :timeout: expected a positive integer of milliseconds (at most 600000), got: -1. Example: timeout: 2_000
-  """
+  @moduledoc false
+  # Validation of options, with errors that name the key, the value given and what is expected.
+  #
+  # A bad option is a programmer's mistake, found at start: it raises `ArgumentError`.
+  #
+  # ## Example
+  #
+  #     iex> ClusterSRV.Config.resolver_options!(nameservers: ["127.0.0.1:5353"], timeout: 500)
+  #     [nameservers: ["127.0.0.1:5353"], timeout: 500, attempts: 2]
+  #
+  #     iex> ClusterSRV.Config.resolver_options!(timeout: -1)
+  #     ** (ArgumentError) invalid value for :timeout: expected a positive integer of milliseconds (at most 600000), got: -1. Example: timeout: 2_000
 
   @enforce_keys [:application_name, :query, :domain, :sources]
   defstruct [
@@ -84,6 +83,10 @@ defmodule ClusterSRV.Config do
     :log
   ]
 
+  @doc false
+  # Every key the strategy's config takes, for the docs' test.
+  def strategy_keys, do: @strategy_keys
+
   @default_timeout 2_000
   @default_attempts 2
   @max_timeout 600_000
@@ -122,18 +125,20 @@ defmodule ClusterSRV.Config do
     end
 
     {queries, domain, service_name} = query!(config)
+    resolver = optional(config, :resolver, nil, &resolver!/1)
 
-    # dns_cluster's form: a query and no application_name. Its nodes are named after this
-    # node's base name and their addresses, and it asks A, AAAA and SRV records.
-    dns_cluster? =
-      Keyword.has_key?(config, :query) and not Keyword.has_key?(config, :application_name)
+    # dns_cluster's form: a query and no application_name. Every default is dns_cluster's: its
+    # nodes are named after this node's base name and their addresses, it asks A and AAAA
+    # records, logs no line per connect, gives a connect 10 s, and never disconnects a node
+    # DNS stops listing.
+    dns_cluster? = dns_cluster_form?(config)
 
     application_name =
       if dns_cluster?,
-        do: own_basename(),
+        do: own_basename(resolver),
         else: required!(config, :application_name, &application_name!/1)
 
-    types = rr_types!(config, if(dns_cluster?, do: [:a, :aaaa, :srv], else: [:srv]))
+    types = rr_types!(config, if(dns_cluster?, do: [:a, :aaaa], else: [:srv]))
 
     sources =
       for {basename, name} <- queries, type <- types do
@@ -159,9 +164,9 @@ defmodule ClusterSRV.Config do
       query: first.name,
       domain: first.domain,
       sources: sources,
-      resolver: optional(config, :resolver, nil, &resolver_fun!/1),
+      resolver: resolver,
       polling_interval: polling_interval!(config),
-      log: optional(config, :log, :info, &log!/1),
+      log: optional(config, :log, if(dns_cluster?, do: false, else: :info), &log!/1),
       resolver_options: resolver_options,
       node_naming:
         optional(
@@ -171,8 +176,14 @@ defmodule ClusterSRV.Config do
           &node_naming!/1
         ),
       max_nodes: optional(config, :max_nodes, 1_000, &max_nodes!/1),
-      connect_timeout: optional(config, :connect_timeout, 30_000, &connect_timeout!/1),
-      prune: optional(config, :prune, true, &prune!/1),
+      connect_timeout:
+        optional(
+          config,
+          :connect_timeout,
+          if(dns_cluster?, do: 10_000, else: 30_000),
+          &connect_timeout!/1
+        ),
+      prune: optional(config, :prune, not dns_cluster?, &prune!/1),
       prune_grace: optional(config, :prune_grace, 0, &prune_grace!/1)
     }
 
@@ -280,13 +291,20 @@ defmodule ClusterSRV.Config do
     in_list = if all, do: " in #{inspect(all)}", else: ""
 
     raise ArgumentError,
-          "invalid value for :query: #{inspect(other)}#{in_list} is not a query; expected a " <>
-            "name to ask, {basename, name}, or a list of either. Example: " <>
+          "invalid value for :query: #{inspect(other)}#{in_list} is not a query; expected " <>
+            ":query to be a string (a name to ask), {basename, name}, or a list of either. Example: " <>
             ~s|query: ["myapp.internal", {"worker", "worker.internal"}]|
   end
 
-  # This node's own base name, the part of its name before "@", as dns_cluster takes it.
-  defp own_basename do
+  # This node's own base name, the part of its name before "@", as dns_cluster takes it (from
+  # its resolver module's basename/1, when it has one).
+  defp own_basename(module) when is_atom(module) and module != nil do
+    if function_exported?(module, :basename, 1),
+      do: module.basename(Node.self()),
+      else: own_basename(nil)
+  end
+
+  defp own_basename(_resolver) do
     [basename | _] = Node.self() |> Atom.to_string() |> String.split("@")
     basename
   end
@@ -320,7 +338,7 @@ defmodule ClusterSRV.Config do
       invalid!(
         key,
         types,
-        "a non-empty list of the record types to ask, among #{inspect(@rr_types)}",
+        ":#{key} to be a subset of #{inspect(@rr_types)}, not empty (the record types to ask)",
         "#{key}: [:a, :aaaa]"
       )
     end
@@ -487,17 +505,33 @@ defmodule ClusterSRV.Config do
     )
   end
 
-  defp resolver_fun!(fun) when is_function(fun, 1), do: fun
+  defp resolver!(fun) when is_function(fun, 1), do: fun
 
-  defp resolver_fun!(fun) do
+  defp resolver!(module) when is_atom(module) and module not in [nil, true, false] do
+    if Code.ensure_loaded?(module) and function_exported?(module, :lookup, 2) do
+      module
+    else
+      resolver_error!(module)
+    end
+  end
+
+  defp resolver!(other), do: resolver_error!(other)
+
+  defp resolver_error!(value) do
     invalid!(
       :resolver,
-      fun,
+      value,
       "a function of one argument that takes the name to ask as a charlist and returns what " <>
-        ":inet_res.getbyname/2 returns (a module, as dns_cluster's :resolver, is not one)",
+        ":inet_res.getbyname/2 returns, or a module with dns_cluster's resolver callbacks " <>
+        "(lookup/2, and optionally basename/1, connect_node/1 and list_nodes/0)",
       "resolver: &:inet_res.getbyname(&1, :srv)"
     )
   end
+
+  @doc false
+  # dns_cluster's form: a query and no application_name.
+  def dns_cluster_form?(config),
+    do: Keyword.has_key?(config, :query) and not Keyword.has_key?(config, :application_name)
 
   defp polling_interval!(_key, ms) when is_integer(ms) and ms > 0, do: ms
 

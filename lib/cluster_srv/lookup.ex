@@ -1,40 +1,39 @@
 defmodule ClusterSRV.Lookup do
-  @moduledoc """
-  One poll's lookup of every source of the config (each name and record type), by the native
-  resolver or by the user's `resolver` function, in one shape: a result per source,
-  `[{source, result}]`, each `{:ok, %{records: count, nodes: [node()], rejected: [{target,
-  reason}], unresolved: [{target, reason}], by_target: [{target, node}]}}` or `{:error,
-  reason}`. `unresolved` lists, with `node_naming: :ip`, the SRV targets whose addresses could
-  not be resolved (a failed or timed out query, or no address at all for a target DNS lists):
-  they are neither named nor rejected, since they may be live pods; `by_target` gives each
-  named target's node, so that the membership rules can keep the node an unresolved target had.
-  Both are `[]` for A and AAAA sources.
-
-  The native resolver asks every source at once in one call, and names the nodes of SRV
-  answers on its own runtime (`ClusterSRV.Resolver.async_discover_all/3`); A and AAAA
-  addresses are named `basename@address` (`ClusterSRV.Resolver.address_names/3`). A `resolver`
-  function is called as libcluster calls it (the name as a charlist; `:inet_res.getbyname/2`'s
-  hostent back: an SRV hostent gives records, an `:inet` or `:inet6` one addresses), once per
-  name, in a linked process of its own, so it may block as long as it likes; its records are
-  sorted as the native ones, and with `node_naming: :ip` its targets are resolved with
-  `:inet` by the native resolver's rule (A first, AAAA only after a negative A answer). Either
-  way, a lookup ends by `ClusterSRV.Resolver.reply_timeout/2` at the latest:
-  the resolver's own deadline, plus a margin that guards against a stuck runtime; a lookup that
-  fails as a whole (its deadline, a crash) gives every source that failure.
-
-  Like `ClusterSRV.Connector`, it is a value its owner keeps: `start/1` starts a lookup, and
-  the owner hands its messages to `handle_info/2`, which says when the lookup has ended.
-
-      lookup = ClusterSRV.Lookup.new!(config)
-      {:ok, lookup} = ClusterSRV.Lookup.start(lookup)
-      receive do
-        message ->
-          case ClusterSRV.Lookup.handle_info(lookup, message) do
-            {:done, result, duration, lookup} -> ...
-            :unknown -> ...
-          end
-      end
-  """
+  @moduledoc false
+  # One poll's lookup of every source of the config (each name and record type), by the native
+  # resolver or by the user's `resolver` function, in one shape: a result per source,
+  # `[{source, result}]`, each `{:ok, %{records: count, nodes: [node()], rejected: [{target,
+  # reason}], unresolved: [{target, reason}], by_target: [{target, node}]}}` or `{:error,
+  # reason}`. `unresolved` lists, with `node_naming: :ip`, the SRV targets whose addresses could
+  # not be resolved (a failed or timed out query, or no address at all for a target DNS lists):
+  # they are neither named nor rejected, since they may be live pods; `by_target` gives each
+  # named target's node, so that the membership rules can keep the node an unresolved target had.
+  # Both are `[]` for A and AAAA sources.
+  #
+  # The native resolver asks every source at once in one call, and names the nodes of SRV
+  # answers on its own runtime (`ClusterSRV.Resolver.async_discover_all/3`); A and AAAA
+  # addresses are named `basename@address` (`ClusterSRV.Resolver.address_names/3`). A `resolver`
+  # function is called as libcluster calls it (the name as a charlist; `:inet_res.getbyname/2`'s
+  # hostent back: an SRV hostent gives records, an `:inet` or `:inet6` one addresses), once per
+  # name, in a linked process of its own, so it may block as long as it likes; its records are
+  # sorted as the native ones, and with `node_naming: :ip` its targets are resolved with
+  # `:inet` by the native resolver's rule (A first, AAAA only after a negative A answer). Either
+  # way, a lookup ends by `ClusterSRV.Resolver.reply_timeout/2` at the latest:
+  # the resolver's own deadline, plus a margin that guards against a stuck runtime; a lookup that
+  # fails as a whole (its deadline, a crash) gives every source that failure.
+  #
+  # Like `ClusterSRV.Connector`, it is a value its owner keeps: `start/1` starts a lookup, and
+  # the owner hands its messages to `handle_info/2`, which says when the lookup has ended.
+  #
+  #     lookup = ClusterSRV.Lookup.new!(config)
+  #     {:ok, lookup} = ClusterSRV.Lookup.start(lookup)
+  #     receive do
+  #       message ->
+  #         case ClusterSRV.Lookup.handle_info(lookup, message) do
+  #           {:done, result, duration, lookup} -> ...
+  #           :unknown -> ...
+  #         end
+  #     end
 
   alias ClusterSRV.{Config, Record, Resolver}
 
@@ -200,6 +199,18 @@ defmodule ClusterSRV.Lookup do
             for source <- config.sources, do: native_found(resolver, source, config)
           end
 
+        module when is_atom(module) ->
+          for source <- config.sources do
+            with {:ok, %{addresses: addresses}} <- module_result(module, source) do
+              {:ok,
+               Map.put(
+                 Resolver.address_names(addresses, source.basename, config.max_nodes),
+                 :records,
+                 []
+               )}
+            end
+          end
+
         fun ->
           answers = function_answers(fun, config)
           for source <- config.sources, do: function_found(source, answers[source.name], config)
@@ -277,7 +288,11 @@ defmodule ClusterSRV.Lookup do
 
   # -- The user's resolver function --------------------------------------------------------------
 
-  # The reply, in the native side's shape: a result per source.
+  # The reply, in the native side's shape: a result per source. A module (dns_cluster's
+  # resolver) is asked lookup(name, type) for each source, and gives addresses.
+  defp run_function(%{resolver: module} = config) when is_atom(module),
+    do: {:ok, for(source <- config.sources, do: module_result(module, source))}
+
   defp run_function(config) do
     answers = function_answers(config.resolver, config)
 
@@ -366,6 +381,28 @@ defmodule ClusterSRV.Lookup do
     exception -> {:error, {:resolver_raised, Exception.message(exception)}}
   catch
     # A function that throws or exits fails this lookup only, as one that raises does.
+    :throw, value -> {:error, {:resolver_threw, value}}
+    :exit, reason -> {:error, {:resolver_exited, reason}}
+  end
+
+  # dns_cluster's resolver callback: lookup(name, type) gives a list of addresses, any type.
+  defp module_result(module, source) do
+    case module.lookup(source.name, source.type) do
+      addresses when is_list(addresses) ->
+        case Enum.filter(addresses, &(ip?(&1, :inet) or ip?(&1, :inet6))) do
+          [] ->
+            {:error, :no_records}
+
+          found ->
+            {:ok, %{records: length(found), addresses: found |> Enum.uniq() |> Enum.sort()}}
+        end
+
+      other ->
+        {:error, {:bad_resolver_result, other}}
+    end
+  rescue
+    exception -> {:error, {:resolver_raised, Exception.message(exception)}}
+  catch
     :throw, value -> {:error, {:resolver_threw, value}}
     :exit, reason -> {:error, {:resolver_exited, reason}}
   end

@@ -1,160 +1,56 @@
 defmodule ClusterSRV.Strategy do
-  @default_polling_interval 5_000
+  @options_path Path.join(__DIR__, "options.md")
+  @external_resource @options_path
 
   @moduledoc """
-  A libcluster strategy that forms a cluster from the SRV records of a headless service: the
-  GenServer that carries lookups and job ends to `ClusterSRV.Membership` and performs what it
-  decides.
-
-  It is a drop-in for `Cluster.Strategy.Kubernetes.DNSSRV`: the same config keys work unchanged,
-  so switching is a matter of changing the module name. Without libcluster, the same strategy
-  runs as one child, `{ClusterSRV, opts}` (see `ClusterSRV`).
+  A [libcluster](https://hex.pm/packages/libcluster) strategy that forms a cluster from DNS: a
+  drop-in for `Cluster.Strategy.Kubernetes.DNSSRV` (change the module name, nothing else).
 
       config :libcluster,
         topologies: [
           myapp: [
             strategy: ClusterSRV.Strategy,
-            config: [
-              service: "myapp-headless",
-              namespace: "default",
-              application_name: "myapp",
-              polling_interval: 5_000
-            ]
+            config: [service: "myapp-headless", namespace: "default", application_name: "myapp"]
           ]
         ]
 
   Every `polling_interval` it asks DNS for the SRV records of
-  `<service>.<namespace>.svc.<cluster domain>`, turns each target into the node name
-  `<application_name>@<target>`, connects to the nodes it does not see yet, and disconnects
-  the nodes it knew that DNS no longer lists.
+  `<service>.<namespace>.svc.<cluster domain>`, turns each valid target into the node name
+  `<application_name>@<target>`, connects the nodes it does not see yet, concurrently, and
+  disconnects the nodes it knew that a successful answer no longer lists. Without libcluster,
+  the same strategy runs as one child, `{ClusterSRV, opts}`.
 
-  ## What it does differently from `Kubernetes.DNSSRV`
+  ## Options
 
-    * **One poll per interval.** The first lookup runs right after start, then one timer chain.
-    * **A failed lookup changes nothing.** A timeout, SERVFAIL (which CoreDNS answers until it
-      has synced), REFUSED, NXDOMAIN, an empty answer, or an answer with no valid name
-      disconnects no one. A node is disconnected only when a successful answer with at least
-      one valid name no longer lists it. A failure is logged when it starts, again when its
-      kind changes, and once when it ends.
-    * **Connects run concurrently**, in processes linked to the strategy. Every node not tried
-      yet is connected at once, however many are listed: a dead pod still listed in DNS costs
-      one `net_setuptime` (7 s) for that node only, and a new pod never waits behind dead ones.
-      Retries of nodes whose connect failed run at most 16 at a time. A connect or disconnect
-      that has not returned after `connect_timeout` is stopped and counted as a failure. A
-      queued retry that a newer answer made pointless is dropped. The strategy process itself
-      stays free meanwhile (`:sys.get_state/1` answers).
-    * **No atom is made from unvalidated DNS data.** A target must be a valid host name under
-      the service's domain; at most `max_nodes` names are taken from one answer.
-    * **Config is validated at start**: a missing or bad key fails the start with an
-      `ArgumentError` naming the key, the value and what is expected; an unknown key is logged.
-    * **More query forms**: `port_name` for `_port._proto` names, `query` for any SRV name
-      (Consul, Nomad, plain DNS), `nameservers` and `timeout`.
+  #{File.read!(@options_path)}
 
-  ## Config
+  The topology's `connect`, `disconnect` and `list_nodes` are honoured as libcluster defines
+  them. A missing or bad key fails the start with an `ArgumentError` naming the key, the value
+  and what is expected; an unknown key is logged.
 
-  | key | default | meaning |
-  |---|---|---|
-  | `service` | required\\* | the headless service's name |
-  | `namespace` | required\\* | the service's namespace |
-  | `application_name` | required | the nodes' base name, the part before `@` |
-  | `polling_interval` | `#{@default_polling_interval}` | ms between lookups |
-  | `resolver` | native | `fn charlist -> :inet_res.getbyname/2 result` replacing the native lookup |
-  | `cluster_domain` | `$CLUSTER_DOMAIN` or `"cluster.local."` | the cluster's DNS domain |
-  | `port_name`, `protocol` | none, `"tcp"` | query `_<port_name>._<protocol>.<service>...` |
-  | `query` | none | a full SRV name; replaces `service` and `namespace`\\* |
-  | `nameservers` | the VM's resolver settings | servers to ask, see `ClusterSRV.Resolver.new/1` |
-  | `timeout`, `attempts` | `2_000`, `2` | per try in ms, total tries |
-  | `node_naming` | `:hostname` | `:hostname` (`app@target`) or `:ip` (`app@<pod IP>`) |
-  | `max_nodes` | `1_000` | the most node names taken from one answer |
-  | `connect_timeout` | `30_000` | ms a connect or disconnect may take before it is stopped and counted as a failure |
-  | `prune` | `true` | `false`: never disconnect a node because DNS no longer lists it |
-  | `prune_grace` | `0` | ms a node must be missing from successful answers before it is disconnected |
+  ## Failures
 
-  ## A StatefulSet behind a headless service
-
-  Each pod's host name is stable (`myapp-0.myapp-headless.default.svc.cluster.local`), and the
-  SRV targets are those host names. Name the nodes after them in `rel/env.sh.eex`:
-
-      export RELEASE_DISTRIBUTION=name
-      export RELEASE_NODE=<%= @release.name %>@$(hostname -f)
-
-  and use the config above.
-
-  ## A Deployment with a named port
-
-  A Deployment's pods have no stable host name. Set the pod's `hostname` from its name and
-  `subdomain` to the headless service, enable `endpoint_pod_names` in CoreDNS's `kubernetes`
-  plugin so the SRV targets are pod names, and query the named port:
-
-      config :libcluster,
-        topologies: [
-          myapp: [
-            strategy: ClusterSRV.Strategy,
-            config: [
-              service: "myapp-headless",
-              namespace: "default",
-              application_name: "myapp",
-              port_name: "discovery",
-              protocol: "tcp"
-            ]
-          ]
-        ]
-
-  which asks `_discovery._tcp.myapp-headless.default.svc.cluster.local.`. Without
-  `endpoint_pod_names`, targets are dashed IPs; name the nodes `myapp@$(POD_IP)` and set
-  `node_naming: :ip` instead.
-
-  ## Rolling deploys and leaving
-
-  With `prune_grace: ms`, a node DNS no longer lists stays connected until it has been missing
-  from successful answers that long (and from at least one of them), so a draining pod is not
-  torn down the instant DNS drops it; `prune: false` never disconnects because of DNS, as
-  Phoenix's dns_cluster does. When this node's own name was listed and drops out of a
-  successful answer (its pod is terminating), it starts no new connects. When the node itself
-  shuts down (SIGTERM in a release), it leaves: it tells the strategies of its topology on the
-  nodes this topology knows, which do not connect it again while DNS still lists it (until it
-  has disconnected and connected again on its own, or for at most 30 s), refuses new
-  connections, and disconnects with `:global.disconnect/0`, so that the others do not see an
-  overlapping partition. A strategy that stops while its node runs on leaves every connection
-  as it is.
-
-  ## Partial faults
-
-  A failed sub-lookup (one query of several, one record type, a target's address with
-  `node_naming: :ip`) or an answer too large for one DNS message is a failure, never a removal:
-  that query keeps what it listed, for 10 polling intervals (or `prune_grace`) at most while
-  the others answer. Only a successful answer that no longer lists a node removes it. See
-  `ClusterSRV.Membership`.
-
-  ## The self-check
-
-  When the node is distributed and its own name is missing from 3 successful, non-empty answers
-  in a row, and was never listed, the strategy looks up once more and warns, once per cause,
-  what this node is called, what the other nodes dial for it instead, and the likely cause: a
-  `RELEASE_NODE` that is not `app@$(hostname -f)`, dashed-IP targets (CoreDNS's
-  `endpoint_pod_names` off), short names, or a service that is not headless. A line says when it
-  is listed again. See `ClusterSRV.SelfCheck`.
+  A failed lookup (a timeout, SERVFAIL, an answer too large for one DNS message), or a failed
+  part of one (one query of several, one record type, a target's address with
+  `node_naming: :ip`), disconnects no one: only a successful answer that no longer lists a node
+  removes it. A query that keeps failing while others answer keeps what it listed for 10
+  polling intervals, or `prune_grace` if longer. Each failure is logged when it starts and when
+  its kind changes, and a line says when it ends. When the node itself shuts down, it tells the
+  strategies of its topology on the other nodes, which then do not connect it again while DNS
+  still lists it. The guides have the details.
 
   ## Logs and telemetry
 
   Logs carry libcluster's prefix, `[libcluster:<topology>]`; debug lines appear only with
-  `config :libcluster, debug: true`. When `:telemetry` is loaded (libcluster brings it), the
-  strategy emits libcluster's `[:libcluster, :connect_node | :disconnect_node, :ok | :error]`
-  events with the same measurements and metadata, and:
+  `config :libcluster, debug: true`. When `:telemetry` is loaded (libcluster brings it), it
+  emits libcluster's `[:libcluster, :connect_node | :disconnect_node, :ok | :error]` events,
+  and `[:cluster_srv, :lookup]` (`%{duration, records, nodes}`, `%{topology, query, result}`),
+  `[:cluster_srv, :removal, :deferred]` (`%{grace_ms}`, `%{topology, node, due}`),
+  `[:cluster_srv, :removal, :done]` (`%{missing_ms}`, `%{topology, node}`) and
+  `[:cluster_srv, :self_check]` (`%{misses}`, `%{topology, node, cause, dialed}`).
 
-    * `[:cluster_srv, :lookup]` for each lookup, with measurements `%{duration: native_time,
-      records: count, nodes: count}` and metadata `%{topology: t, query: name, result: :ok |
-      {:error, reason}}`;
-    * `[:cluster_srv, :removal, :deferred]` when a node DNS dropped waits for `prune_grace`:
-      `%{grace_ms: ms}`, `%{topology: t, node: node, due: monotonic_ms}`;
-    * `[:cluster_srv, :removal, :done]` when a node DNS dropped is disconnected:
-      `%{missing_ms: ms}`, `%{topology: t, node: node}`;
-    * `[:cluster_srv, :self_check]` for each cause the self-check warns about:
-      `%{misses: count}`, `%{topology: t, node: node, cause: atom, dialed: name | nil}`.
-
-  `ClusterSRV.status/1` says what the strategy knows, `ClusterSRV.await/2` waits for the
-  cluster; a strategy started by libcluster's `Cluster.Supervisor` is found by its topology's
-  name.
+  `ClusterSRV.status/1` and `ClusterSRV.await/2` find a strategy started by libcluster's
+  `Cluster.Supervisor` by its topology's name.
   """
   use GenServer
 
@@ -199,16 +95,15 @@ defmodule ClusterSRV.Strategy do
           "expected [%Cluster.Strategy.State{}] as libcluster passes it, got: #{inspect(other)}"
   end
 
-  @doc """
-  Looks up `config` once and returns what the strategy would act on, without connecting.
-
-  It runs the same query building, lookup and node naming as the polling loop, blocking the
-  caller. `mix cluster_srv.check` uses it.
-
-      {:ok, %{query: query, records: records, nodes: nodes, rejected: rejected}} =
-        ClusterSRV.Strategy.discover(service: "myapp-headless", namespace: "default",
-                                     application_name: "myapp")
-  """
+  @doc false
+  # Looks up `config` once and returns what the strategy would act on, without connecting.
+  #
+  # It runs the same query building, lookup and node naming as the polling loop, blocking the
+  # caller. `mix cluster_srv.check` uses it.
+  #
+  #     {:ok, %{query: query, records: records, nodes: nodes, rejected: rejected}} =
+  #       ClusterSRV.Strategy.discover(service: "myapp-headless", namespace: "default",
+  #                                    application_name: "myapp")
   @spec discover(keyword() | Config.t()) ::
           {:ok, %{query: String.t(), records: [Record.t()], nodes: [node()], rejected: list()}}
           | {:error, term()}
@@ -547,7 +442,9 @@ defmodule ClusterSRV.Strategy do
   # `config :libcluster, debug: true`. A debug message may be a function, so that a poll builds
   # no text unless debug is on.
   defp log(state, :debug, message) do
-    if Application.get_env(:libcluster, :debug, false) not in [nil, false, "false"] do
+    app = if state.topology.libcluster?, do: :libcluster, else: :libcluster_srv
+
+    if Application.get_env(app, :debug, false) not in [nil, false, "false"] do
       text = if is_function(message, 0), do: message.(), else: message
       Logger.debug(prefix(state, text))
     end
@@ -555,7 +452,11 @@ defmodule ClusterSRV.Strategy do
 
   defp log(state, level, message), do: Logger.log(level, prefix(state, message))
 
-  defp prefix(state, message), do: "[libcluster:#{state.topology.name}] #{message}"
+  # libcluster's prefix under libcluster; our own for {ClusterSRV, opts}, which runs without it.
+  defp prefix(%{topology: %{libcluster?: true, name: name}}, message),
+    do: "[libcluster:#{name}] #{message}"
+
+  defp prefix(%{topology: %{name: name}}, message), do: "[cluster_srv:#{name}] #{message}"
 
   # :telemetry counts when it is loaded, or its application is (libcluster's dependency is,
   # before libcluster starts a strategy). Asking the code server for a module that is not

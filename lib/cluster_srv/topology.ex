@@ -1,28 +1,36 @@
 defmodule ClusterSRV.Topology do
-  @moduledoc """
-  libcluster's strategy state, validated: the topology's name, its `connect`, `disconnect` and
-  `list_nodes` MFAs, its config (see `ClusterSRV.Config`) and its initial `meta`.
-
-  `ClusterSRV.Strategy` takes a `%Cluster.Strategy.State{}` as libcluster's `Cluster.Supervisor`
-  passes it; `{ClusterSRV, opts}` builds the same map from its options. Either way a bad state
-  raises `ArgumentError` in the caller, naming the field.
-
-      iex> topology = ClusterSRV.Topology.new!(%{
-      ...>   topology: :k8s,
-      ...>   connect: {:net_kernel, :connect_node, []},
-      ...>   disconnect: {:erlang, :disconnect_node, []},
-      ...>   list_nodes: {:erlang, :nodes, [:connected]},
-      ...>   config: [service: "myapp-headless", namespace: "default", application_name: "myapp"],
-      ...>   meta: nil
-      ...> })
-      iex> {topology.name, topology.config.query}
-      {:k8s, "myapp-headless.default.svc.cluster.local."}
-  """
+  @moduledoc false
+  # libcluster's strategy state, validated: the topology's name, its `connect`, `disconnect` and
+  # `list_nodes` MFAs, its config (see `ClusterSRV.Config`) and its initial `meta`.
+  #
+  # `ClusterSRV.Strategy` takes a `%Cluster.Strategy.State{}` as libcluster's `Cluster.Supervisor`
+  # passes it; `{ClusterSRV, opts}` builds the same map from its options. Either way a bad state
+  # raises `ArgumentError` in the caller, naming the field.
+  #
+  #     iex> topology = ClusterSRV.Topology.new!(%{
+  #     ...>   topology: :k8s,
+  #     ...>   connect: {:net_kernel, :connect_node, []},
+  #     ...>   disconnect: {:erlang, :disconnect_node, []},
+  #     ...>   list_nodes: {:erlang, :nodes, [:connected]},
+  #     ...>   config: [service: "myapp-headless", namespace: "default", application_name: "myapp"],
+  #     ...>   meta: nil
+  #     ...> })
+  #     iex> {topology.name, topology.config.query}
+  #     {:k8s, "myapp-headless.default.svc.cluster.local."}
 
   alias ClusterSRV.Config
 
   @enforce_keys [:name, :connect, :disconnect, :list_nodes, :config]
-  defstruct [:name, :connect, :disconnect, :list_nodes, :config, unknown: [], meta: MapSet.new()]
+  defstruct [
+    :name,
+    :connect,
+    :disconnect,
+    :list_nodes,
+    :config,
+    unknown: [],
+    meta: MapSet.new(),
+    libcluster?: true
+  ]
 
   @type t :: %__MODULE__{
           name: atom(),
@@ -31,7 +39,8 @@ defmodule ClusterSRV.Topology do
           list_nodes: {module(), atom(), list()},
           config: Config.t(),
           unknown: [atom()],
-          meta: MapSet.t(node())
+          meta: MapSet.t(node()),
+          libcluster?: boolean()
         }
 
   @doc """

@@ -117,17 +117,36 @@ defmodule ClusterSRV.ConfigTest do
       for source <- validated.sources, do: {source.name, source.type, source.basename}
     end
 
-    test "dns_cluster's form, a query and no application_name, asks A, AAAA and SRV as this node" do
+    test "dns_cluster's form, a query and no application_name, has dns_cluster's defaults" do
       {config, []} = Config.strategy!(query: "myapp.internal")
-      # Not distributed here: this node's base name is "nonode".
+      # Not distributed here: this node's base name is "nonode". A and AAAA, as dns_cluster.
       assert sources(query: "myapp.internal") == [
                {"myapp.internal", :a, "nonode"},
-               {"myapp.internal", :aaaa, "nonode"},
-               {"myapp.internal", :srv, "nonode"}
+               {"myapp.internal", :aaaa, "nonode"}
              ]
 
-      # Named after their addresses, as dns_cluster names nodes.
-      assert config.node_naming == :ip
+      # Named after their addresses, as dns_cluster names nodes; no line per connect, 10 s for
+      # a connect, and no node is disconnected because DNS stopped listing it.
+      assert {config.node_naming, config.log, config.connect_timeout, config.prune} ==
+               {:ip, false, 10_000, false}
+
+      # Each can still be set.
+      {config, []} =
+        Config.strategy!(query: "myapp.internal", log: :info, connect_timeout: 500, prune: true)
+
+      assert {config.log, config.connect_timeout, config.prune} == {:info, 500, true}
+    end
+
+    test "a resolver module with dns_cluster's callbacks names this node's basename" do
+      {config, []} = Config.strategy!(query: "app.internal", resolver: ClusterSRV.FakeDNSCluster)
+      assert config.application_name == "fake"
+      assert config.resolver == ClusterSRV.FakeDNSCluster
+
+      error =
+        assert_raise ArgumentError, fn -> Config.strategy!(query: "a.b", resolver: String) end
+
+      assert error.message =~ "invalid value for :resolver"
+      assert error.message =~ "dns_cluster's resolver callbacks"
     end
 
     test "several queries and {basename, query} tuples" do

@@ -123,12 +123,15 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
       assert connects(2) == [:"nonode@fd00::21", :"nonode@fd00::22"]
     end
 
-    test "dns_cluster's form asks A, AAAA and SRV, quietly when a type has no records", %{
-      dns: dns
-    } do
+    test "dns_cluster's form asks A and AAAA, as dns_cluster; SRV too, quietly when it has none",
+         %{dns: dns} do
+      {pid, _probe} = start_strategy(dns, query: "web.internal")
+      assert Enum.map(ClusterSRV.status(pid).queries, & &1.type) == [:a, :aaaa]
+      assert length(connects(4)) == 4
+
       log =
         capture_log(fn ->
-          start_strategy(dns, query: "web.internal")
+          start_strategy(dns, query: "web.internal", resource_types: [:a, :aaaa, :srv])
 
           assert connects(4) ==
                    Enum.sort([
@@ -159,7 +162,9 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
 
       log =
         capture_log(fn ->
-          {pid, _probe} = start_strategy(dns, query: "dual.internal", dns_rr_types: [:a, :aaaa])
+          {pid, _probe} =
+            start_strategy(dns, query: "dual.internal", dns_rr_types: [:a, :aaaa], prune: true)
+
           assert connects(3) == [:"nonode@127.0.0.51", :"nonode@fd00::51", :"nonode@fd00::52"]
 
           # fd00::52's pod is gone: its AAAA record is deleted, the A record stays.
@@ -210,7 +215,11 @@ defmodule ClusterSRV.Integration.DNSClusterTest do
       log =
         capture_log(fn ->
           {_pid, _probe} =
-            start_strategy(dns, query: ["first.internal", "second.internal"], dns_rr_types: [:a])
+            start_strategy(dns,
+              query: ["first.internal", "second.internal"],
+              dns_rr_types: [:a],
+              prune: true
+            )
 
           assert connects(2) == [:"nonode@127.0.0.61", :"nonode@127.0.0.62"]
 

@@ -204,7 +204,7 @@ defmodule ClusterSRV.Harness.Chaos do
               # Pod names of their own (a ReplicaSet each), as the services share the app.
               template: service,
               pods: 2,
-              config: [query: @dc_queries, resource_types: [:a, :aaaa]]
+              config: [query: @dc_queries, resource_types: [:a, :aaaa], prune: true]
             }
           end
       },
