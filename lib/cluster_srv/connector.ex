@@ -1,33 +1,32 @@
 defmodule ClusterSRV.Connector do
-  @moduledoc """
-  Runs connect and disconnect jobs: each in a process of its own, linked to its owner and
-  bounded by a deadline, and turns each end into an outcome.
-
-  It is a value the owning process keeps, not a process: `start/3` spawns a job, and the owner
-  hands every message it receives to `handle_info/2`, which says when a job has ended and how.
-  A job calls the topology's `connect` or `disconnect` MFA with the node appended to its
-  arguments, as libcluster does. Outcomes:
-
-    * `{:returned, value, duration}` - the MFA returned `value` (libcluster's `true`, `false`
-      or `:ignored`, or anything else) after `duration` native time units;
-    * `{:crashed, reason}` - the MFA raised or exited;
-    * `:timed_out` - it had not returned after `timeout` ms, and was killed.
-
-  Since jobs are linked, they end with their owner; the owner traps exits so that a job's end
-  is a message, not its own end.
-
-      connector = ClusterSRV.Connector.new({:net_kernel, :connect_node, []},
-                                           {:erlang, :disconnect_node, []}, 30_000)
-      connector = ClusterSRV.Connector.start(connector, :connect, :"app@10.0.0.2")
-      receive do
-        message ->
-          case ClusterSRV.Connector.handle_info(connector, message) do
-            {:done, :connect, node, outcome, connector} -> ...
-            {:running, connector} -> ...
-            :unknown -> ...
-          end
-      end
-  """
+  @moduledoc false
+  # Runs connect and disconnect jobs: each in a process of its own, linked to its owner and
+  # bounded by a deadline, and turns each end into an outcome.
+  #
+  # It is a value the owning process keeps, not a process: `start/3` spawns a job, and the owner
+  # hands every message it receives to `handle_info/2`, which says when a job has ended and how.
+  # A job calls the topology's `connect` or `disconnect` MFA with the node appended to its
+  # arguments, as libcluster does. Outcomes:
+  #
+  #   * `{:returned, value, duration}` - the MFA returned `value` (libcluster's `true`, `false`
+  #     or `:ignored`, or anything else) after `duration` native time units;
+  #   * `{:crashed, reason}` - the MFA raised or exited;
+  #   * `:timed_out` - it had not returned after `timeout` ms, and was killed.
+  #
+  # Since jobs are linked, they end with their owner; the owner traps exits so that a job's end
+  # is a message, not its own end.
+  #
+  #     connector = ClusterSRV.Connector.new({:net_kernel, :connect_node, []},
+  #                                          {:erlang, :disconnect_node, []}, 30_000)
+  #     connector = ClusterSRV.Connector.start(connector, :connect, :"app@10.0.0.2")
+  #     receive do
+  #       message ->
+  #         case ClusterSRV.Connector.handle_info(connector, message) do
+  #           {:done, :connect, node, outcome, connector} -> ...
+  #           {:running, connector} -> ...
+  #           :unknown -> ...
+  #         end
+  #     end
 
   @enforce_keys [:connect, :disconnect, :timeout]
   defstruct [:connect, :disconnect, :timeout, jobs: %{}]

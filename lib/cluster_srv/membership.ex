@@ -1,89 +1,88 @@
 defmodule ClusterSRV.Membership do
-  @moduledoc """
-  The strategy's membership rules, as data in and data out: given what it knows, a lookup's
-  outcome or a job's, it returns what it knows next and the actions to take.
-
-  It has no process, no clock and no I/O, so a test drives it with plain data;
-  `ClusterSRV.Strategy` carries events in and performs the actions out. The events:
-
-    * `lookup_done/4` - a poll's lookups ended, with what the topology's `list_nodes` shows
-      now and the time (the caller's monotonic clock, in ms);
-    * `job_done/4` - a connect or disconnect job ended (see `ClusterSRV.Connector` for the
-      outcomes);
-    * `peer_leaving/3` - a peer's strategy said its node is shutting down;
-    * `self_check_done/2` - the self-check ended.
-
-  The actions, in the order they are to be taken:
-
-    * `{:connect, node}`, `{:disconnect, node}` - start a job;
-    * `:self_check` - look up once more and say why this node's name is missing;
-    * `{:log, level, message}` - `message` is a string, or for `:debug` a function that builds
-      it, so that a poll builds no text unless debug is on;
-    * `{:emit, event, measurements, metadata}` - a telemetry event (libcluster's).
-
-  ## What a poll's answers count as
-
-  A poll asks each source (a name and a record type) once. Each source's result is:
-
-    * **listed** - a successful answer with valid node names: the source now lists exactly
-      those;
-    * **empty** - a successful answer that lists no one: "no records", an answer whose targets
-      are all invalid, or NXDOMAIN when no other type of the same name answered. The source
-      now lists no one. An NXDOMAIN for one type of a name whose other types answered in the
-      same poll contradicts them (a name that does not exist has no records of any type), so
-      it counts as a failure instead;
-    * **partial** - a successful answer some of whose targets could not be resolved to an
-      address (`:unresolved`, with `node_naming: :ip`): the source lists the nodes it named, and
-      keeps the node each unresolved target had (`:by_target` of the answers before), since DNS
-      still lists that target. It is warned about as a failure, but needs no time limit: a
-      target DNS no longer lists is gone at once;
-    * **failed** - a timeout, SERVFAIL, REFUSED, an answer too large for one DNS message, or
-      any other error: the source keeps what it listed.
-
-  A failed source keeps its last list for `source_grace` ms at most while other sources answer
-  (the strategy sets it to the longer of `prune_grace` and 10 polling intervals); then it
-  lists no one. A poll in
-  which no source names a valid node (every source failed, or says no one is there) changes
-  nothing at all, and restarts that clock: a whole DNS outage never removes anyone.
-
-  ## The contract
-
-  These hold for every sequence of events (`test/cluster_srv/membership_test.exs` checks them
-  over thousands of random ones):
-
-    * **Failures change nothing.** A poll in which no source names a valid node starts no job,
-      and changes neither `meta` nor what is listed.
-    * **Disconnects follow DNS.** A node is disconnected only when no source lists it any more
-      (by the rules above), it is in `meta`, and `list_nodes` shows it. Such a node is always
-      disconnected at that poll, unless a connect of ours to it still runs: then the poll after
-      that connect ends disconnects it.
-    * **Connects follow DNS.** A node is connected only when a source lists it and `list_nodes`
-      does not show it.
-    * **Never this node**, and **never two jobs for one node at once.**
-    * **Retries are bounded.** A connect to a node whose last connect failed is a retry: at
-      most `max_retries` run at once, the others wait in a queue. Every other job starts at
-      once, so a new pod never waits behind dead ones. A queued retry whose node a newer answer
-      no longer lists, or shows connected, is dropped; a node connected by others (its own
-      strategy, OTP's `global`) is no longer counted as unreachable.
-    * **`meta` keeps libcluster's meaning**: the nodes this strategy knows as members. A
-      successful connect adds its node; a disconnect that succeeded, or that found the node
-      already gone or not part of the network, removes it; a disconnect that failed otherwise
-      keeps it, so that the next answer tries again. An answer keeps the listed nodes that
-      were known or are connected, and the nodes it is disconnecting.
-    * **Each problem is logged once while it lasts**: a source's failure when it starts and when
-      its kind changes, its end once, a kind of rejected target when it appears, a node that
-      stays unreachable once.
-
-      iex> state = ClusterSRV.Membership.new(self: :"app@a.svc", query: "svc.")
-      iex> answer = {:ok, %{nodes: [:"app@a.svc", :"app@b.svc"], rejected: []}}
-      iex> {state, actions} = ClusterSRV.Membership.lookup_done(state, answer, [], 0)
-      iex> for {:connect, node} <- actions, do: node
-      [:"app@b.svc"]
-      iex> {state, _} =
-      ...>   ClusterSRV.Membership.job_done(state, :connect, :"app@b.svc", {:returned, true, 10})
-      iex> state.meta
-      MapSet.new([:"app@b.svc"])
-  """
+  @moduledoc false
+  # The strategy's membership rules, as data in and data out: given what it knows, a lookup's
+  # outcome or a job's, it returns what it knows next and the actions to take.
+  #
+  # It has no process, no clock and no I/O, so a test drives it with plain data;
+  # `ClusterSRV.Strategy` carries events in and performs the actions out. The events:
+  #
+  #   * `lookup_done/4` - a poll's lookups ended, with what the topology's `list_nodes` shows
+  #     now and the time (the caller's monotonic clock, in ms);
+  #   * `job_done/4` - a connect or disconnect job ended (see `ClusterSRV.Connector` for the
+  #     outcomes);
+  #   * `peer_leaving/3` - a peer's strategy said its node is shutting down;
+  #   * `self_check_done/2` - the self-check ended.
+  #
+  # The actions, in the order they are to be taken:
+  #
+  #   * `{:connect, node}`, `{:disconnect, node}` - start a job;
+  #   * `:self_check` - look up once more and say why this node's name is missing;
+  #   * `{:log, level, message}` - `message` is a string, or for `:debug` a function that builds
+  #     it, so that a poll builds no text unless debug is on;
+  #   * `{:emit, event, measurements, metadata}` - a telemetry event (libcluster's).
+  #
+  # ## What a poll's answers count as
+  #
+  # A poll asks each source (a name and a record type) once. Each source's result is:
+  #
+  #   * **listed** - a successful answer with valid node names: the source now lists exactly
+  #     those;
+  #   * **empty** - a successful answer that lists no one: "no records", an answer whose targets
+  #     are all invalid, or NXDOMAIN when no other type of the same name answered. The source
+  #     now lists no one. An NXDOMAIN for one type of a name whose other types answered in the
+  #     same poll contradicts them (a name that does not exist has no records of any type), so
+  #     it counts as a failure instead;
+  #   * **partial** - a successful answer some of whose targets could not be resolved to an
+  #     address (`:unresolved`, with `node_naming: :ip`): the source lists the nodes it named, and
+  #     keeps the node each unresolved target had (`:by_target` of the answers before), since DNS
+  #     still lists that target. It is warned about as a failure, but needs no time limit: a
+  #     target DNS no longer lists is gone at once;
+  #   * **failed** - a timeout, SERVFAIL, REFUSED, an answer too large for one DNS message, or
+  #     any other error: the source keeps what it listed.
+  #
+  # A failed source keeps its last list for `source_grace` ms at most while other sources answer
+  # (the strategy sets it to the longer of `prune_grace` and 10 polling intervals); then it
+  # lists no one. A poll in
+  # which no source names a valid node (every source failed, or says no one is there) changes
+  # nothing at all, and restarts that clock: a whole DNS outage never removes anyone.
+  #
+  # ## The contract
+  #
+  # These hold for every sequence of events (`test/cluster_srv/membership_test.exs` checks them
+  # over thousands of random ones):
+  #
+  #   * **Failures change nothing.** A poll in which no source names a valid node starts no job,
+  #     and changes neither `meta` nor what is listed.
+  #   * **Disconnects follow DNS.** A node is disconnected only when no source lists it any more
+  #     (by the rules above), it is in `meta`, and `list_nodes` shows it. Such a node is always
+  #     disconnected at that poll, unless a connect of ours to it still runs: then the poll after
+  #     that connect ends disconnects it.
+  #   * **Connects follow DNS.** A node is connected only when a source lists it and `list_nodes`
+  #     does not show it.
+  #   * **Never this node**, and **never two jobs for one node at once.**
+  #   * **Retries are bounded.** A connect to a node whose last connect failed is a retry: at
+  #     most `max_retries` run at once, the others wait in a queue. Every other job starts at
+  #     once, so a new pod never waits behind dead ones. A queued retry whose node a newer answer
+  #     no longer lists, or shows connected, is dropped; a node connected by others (its own
+  #     strategy, OTP's `global`) is no longer counted as unreachable.
+  #   * **`meta` keeps libcluster's meaning**: the nodes this strategy knows as members. A
+  #     successful connect adds its node; a disconnect that succeeded, or that found the node
+  #     already gone or not part of the network, removes it; a disconnect that failed otherwise
+  #     keeps it, so that the next answer tries again. An answer keeps the listed nodes that
+  #     were known or are connected, and the nodes it is disconnecting.
+  #   * **Each problem is logged once while it lasts**: a source's failure when it starts and when
+  #     its kind changes, its end once, a kind of rejected target when it appears, a node that
+  #     stays unreachable once.
+  #
+  #     iex> state = ClusterSRV.Membership.new(self: :"app@a.svc", query: "svc.")
+  #     iex> answer = {:ok, %{nodes: [:"app@a.svc", :"app@b.svc"], rejected: []}}
+  #     iex> {state, actions} = ClusterSRV.Membership.lookup_done(state, answer, [], 0)
+  #     iex> for {:connect, node} <- actions, do: node
+  #     [:"app@b.svc"]
+  #     iex> {state, _} =
+  #     ...>   ClusterSRV.Membership.job_done(state, :connect, :"app@b.svc", {:returned, true, 10})
+  #     iex> state.meta
+  #     MapSet.new([:"app@b.svc"])
 
   alias ClusterSRV.Reasons
 

@@ -1,17 +1,16 @@
 defmodule ClusterSRV.Reasons do
-  @moduledoc """
-  What each failure and rejection reason means, in the words the logs and
-  `mix cluster_srv.check` use, so that both always say the same.
-
-      iex> ClusterSRV.Reasons.describe_failure(:servfail)
-      "the server answered SERVFAIL"
-
-      iex> ClusterSRV.Reasons.describe_failure({:io, "connection refused"})
-      "connection refused"
-
-      iex> ClusterSRV.Reasons.kind({:io, "malformed answer: label too long"})
-      :io
-  """
+  @moduledoc false
+  # What each failure and rejection reason means, in the words the logs and
+  # `mix cluster_srv.check` use, so that both always say the same.
+  #
+  #     iex> ClusterSRV.Reasons.describe_failure(:servfail)
+  #     "the server answered SERVFAIL"
+  #
+  #     iex> ClusterSRV.Reasons.describe_failure({:io, "connection refused"})
+  #     "connection refused"
+  #
+  #     iex> ClusterSRV.Reasons.kind({:io, "malformed answer: label too long"})
+  #     :io
 
   @doc """
   The kind of a failure: its reason without the details, so that a decoding error whose text

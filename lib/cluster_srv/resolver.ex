@@ -170,17 +170,16 @@ defmodule ClusterSRV.Resolver do
     end
   end
 
-  @doc """
-  The resolver to use now: `resolver` itself, or, when it took its servers from the VM's resolver
-  settings or resolv.conf and those have changed since it was built, a new one built the same
-  way. Its options are the same; the strategy calls this before every poll, as `:inet_res`
-  rereads resolv.conf before a query. resolv.conf is looked at only when the resolver reads it:
-  when the VM gives no server, or a link-local one, whose zone the file gives.
-
-      iex> {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"])
-      iex> ClusterSRV.Resolver.current(resolver) == resolver
-      true
-  """
+  @doc false
+  # The resolver to use now: `resolver` itself, or, when it took its servers from the VM's resolver
+  # settings or resolv.conf and those have changed since it was built, a new one built the same
+  # way. Its options are the same; the strategy calls this before every poll, as `:inet_res`
+  # rereads resolv.conf before a query. resolv.conf is looked at only when the resolver reads it:
+  # when the VM gives no server, or a link-local one, whose zone the file gives.
+  #
+  #     iex> {:ok, resolver} = ClusterSRV.Resolver.new(nameservers: ["127.0.0.1:5353"])
+  #     iex> ClusterSRV.Resolver.current(resolver) == resolver
+  #     true
   @spec current(t()) :: t()
   def current(%__MODULE__{system: nil} = resolver), do: resolver
 
@@ -302,36 +301,35 @@ defmodule ClusterSRV.Resolver do
     raise ArgumentError, "expected the name to look up as a string, got: #{inspect(name)}"
   end
 
-  @doc """
-  Turns the targets of `records` into node names, validating each.
-
-  A target becomes the node name `application_name@target` (or `application_name@address` with
-  `node_naming: :ip`) only when it is a valid host name (labels of letters, digits and hyphens,
-  at most 63 octets each and 253 in all), lies strictly under `:domain` when one is given, and
-  the name fits in an atom. Duplicates are kept once, in answer order, and at most `:max_nodes`
-  names are accepted. Atoms are made only for accepted names. Over 50 targets are validated on
-  a dirty CPU scheduler, so that a large answer holds no normal scheduler.
-
-  Options: `:application_name` (required), `:domain` (default `nil`: any domain),
-  `:node_naming` (`:hostname` or `:ip`, default `:hostname`), `:max_nodes` (default `1_000`).
-
-  Each rejected target comes back with one of these reasons: `:no_service` (the root target
-  `.`), `:invalid_hostname`, `:too_long`, `:outside_domain`, `:service_itself` (the target is
-  the service's own name: the service is not headless), `:no_address` (`:ip` naming and no
-  usable address among the record's), `:over_max_nodes`.
-
-      iex> records = [
-      ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
-      ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4369, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
-      ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "my_app.example.com"}
-      ...> ]
-      iex> ClusterSRV.Resolver.node_names(records,
-      ...>   application_name: "myapp",
-      ...>   domain: "myapp-headless.default.svc.cluster.local"
-      ...> )
-      {:ok, %{nodes: [:"myapp@myapp-0.myapp-headless.default.svc.cluster.local"],
-              rejected: [{"my_app.example.com", :invalid_hostname}]}}
-  """
+  @doc false
+  # Turns the targets of `records` into node names, validating each.
+  #
+  # A target becomes the node name `application_name@target` (or `application_name@address` with
+  # `node_naming: :ip`) only when it is a valid host name (labels of letters, digits and hyphens,
+  # at most 63 octets each and 253 in all), lies strictly under `:domain` when one is given, and
+  # the name fits in an atom. Duplicates are kept once, in answer order, and at most `:max_nodes`
+  # names are accepted. Atoms are made only for accepted names. Over 50 targets are validated on
+  # a dirty CPU scheduler, so that a large answer holds no normal scheduler.
+  #
+  # Options: `:application_name` (required), `:domain` (default `nil`: any domain),
+  # `:node_naming` (`:hostname` or `:ip`, default `:hostname`), `:max_nodes` (default `1_000`).
+  #
+  # Each rejected target comes back with one of these reasons: `:no_service` (the root target
+  # `.`), `:invalid_hostname`, `:too_long`, `:outside_domain`, `:service_itself` (the target is
+  # the service's own name: the service is not headless), `:no_address` (`:ip` naming and no
+  # usable address among the record's), `:over_max_nodes`.
+  #
+  #     iex> records = [
+  #     ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
+  #     ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4369, ttl: 5, target: "myapp-0.myapp-headless.default.svc.cluster.local"},
+  #     ...>   %ClusterSRV.Record{priority: 0, weight: 50, port: 4370, ttl: 5, target: "my_app.example.com"}
+  #     ...> ]
+  #     iex> ClusterSRV.Resolver.node_names(records,
+  #     ...>   application_name: "myapp",
+  #     ...>   domain: "myapp-headless.default.svc.cluster.local"
+  #     ...> )
+  #     {:ok, %{nodes: [:"myapp@myapp-0.myapp-headless.default.svc.cluster.local"],
+  #             rejected: [{"my_app.example.com", :invalid_hostname}]}}
   @spec node_names([Record.t()], keyword()) ::
           {:ok, %{nodes: [node()], rejected: [{String.t(), atom()}]}} | {:error, reason()}
   def node_names(records, opts) do
@@ -368,21 +366,20 @@ defmodule ClusterSRV.Resolver do
     end
   end
 
-  @doc """
-  Looks up `name` and turns the answer into node names on the native runtime, replying by
-  message like `async_lookup/3`: the records never reach the caller, which receives only
-
-      {:cluster_srv_lookup, ref, {:ok, %{records: count, nodes: [node()], rejected: [{target, reason}],
-                                         unresolved: [{target, reason}]}}}
-      {:cluster_srv_lookup, ref, {:error, reason}}
-
-  It takes the options of `node_names/2`. With `node_naming: :ip`, the targets the rules accept
-  that the answer carried no address for are resolved first, as with `fill_addresses: true`; a
-  target that cannot be resolved is left out of naming and listed in `unresolved`, with the
-  reason of the failed query (`:timeout`, `:servfail`, `{:io, message}`...), or `:no_records`
-  when neither A nor AAAA records exist for it: DNS lists it, so it may be a live pod, and it
-  is neither a node nor a rejection. `unresolved` is `[]` otherwise.
-  """
+  @doc false
+  # Looks up `name` and turns the answer into node names on the native runtime, replying by
+  # message like `async_lookup/3`: the records never reach the caller, which receives only
+  #
+  #     {:cluster_srv_lookup, ref, {:ok, %{records: count, nodes: [node()], rejected: [{target, reason}],
+  #                                        unresolved: [{target, reason}]}}}
+  #     {:cluster_srv_lookup, ref, {:error, reason}}
+  #
+  # It takes the options of `node_names/2`. With `node_naming: :ip`, the targets the rules accept
+  # that the answer carried no address for are resolved first, as with `fill_addresses: true`; a
+  # target that cannot be resolved is left out of naming and listed in `unresolved`, with the
+  # reason of the failed query (`:timeout`, `:servfail`, `{:io, message}`...), or `:no_records`
+  # when neither A nor AAAA records exist for it: DNS lists it, so it may be a live pod, and it
+  # is neither a node nor a rejection. `unresolved` is `[]` otherwise.
   @spec async_discover(t(), String.t(), keyword()) :: reference() | {:error, reason()}
   def async_discover(%__MODULE__{ref: native}, name, opts) when is_binary(name) do
     ref = make_ref()
@@ -404,21 +401,20 @@ defmodule ClusterSRV.Resolver do
     end
   end
 
-  @doc """
-  Looks up several sources at once, on the native runtime, and replies by message like
-  `async_lookup/3`: this is what `ClusterSRV.Strategy` polls with. Each source is
-  `{name, type, basename, domain, node_naming}`; the caller receives
-
-      {:cluster_srv_lookup, ref, {:ok, [result]}}
-
-  with a result per source, in their order: for SRV, `{:ok, %{records: count, nodes: [node()],
-  rejected: [{target, reason}], unresolved: [{target, reason}]}}`, the targets named on the
-  runtime as `async_discover/3` names them (unresolved ones included); for A and AAAA,
-  `{:ok, %{records: count, addresses: [ip]}}`, which `address_names/3` names (the names are
-  made on the Elixir side, where `:inet.ntoa/1` writes the addresses); or `{:error, reason}`
-  for a source that failed. Every source is asked at once, and each gives its
-  own result within `deadline/2`.
-  """
+  @doc false
+  # Looks up several sources at once, on the native runtime, and replies by message like
+  # `async_lookup/3`: this is what `ClusterSRV.Strategy` polls with. Each source is
+  # `{name, type, basename, domain, node_naming}`; the caller receives
+  #
+  #     {:cluster_srv_lookup, ref, {:ok, [result]}}
+  #
+  # with a result per source, in their order: for SRV, `{:ok, %{records: count, nodes: [node()],
+  # rejected: [{target, reason}], unresolved: [{target, reason}]}}`, the targets named on the
+  # runtime as `async_discover/3` names them (unresolved ones included); for A and AAAA,
+  # `{:ok, %{records: count, addresses: [ip]}}`, which `address_names/3` names (the names are
+  # made on the Elixir side, where `:inet.ntoa/1` writes the addresses); or `{:error, reason}`
+  # for a source that failed. Every source is asked at once, and each gives its
+  # own result within `deadline/2`.
   @spec async_discover_all(t(), [tuple()], pos_integer()) :: reference() | {:error, reason()}
   def async_discover_all(%__MODULE__{ref: native}, sources, max_nodes) do
     ref = make_ref()
@@ -433,19 +429,18 @@ defmodule ClusterSRV.Resolver do
     end
   end
 
-  @doc """
-  Names the addresses of an A or AAAA answer `basename@address`, the address written as
-  `:inet.ntoa/1` writes it, as dns_cluster names nodes: at most `max_nodes` of them, the others
-  rejected as `:over_max_nodes`. An unspecified address (`0.0.0.0`, `::`) is rejected as
-  `:unspecified_address`: a connect to it would reach this host itself. The addresses are
-  parsed data, never text from DNS, so their atoms are as safe as validated names.
-
-      iex> ClusterSRV.Resolver.address_names([{10, 1, 0, 5}, {0xfd00, 0, 0, 0, 0, 0, 0, 1}], "app", 1)
-      %{nodes: [:"app@10.1.0.5"], rejected: [{"fd00::1", :over_max_nodes}]}
-
-      iex> ClusterSRV.Resolver.address_names([{0, 0, 0, 0}, {10, 1, 0, 6}], "app", 10)
-      %{nodes: [:"app@10.1.0.6"], rejected: [{"0.0.0.0", :unspecified_address}]}
-  """
+  @doc false
+  # Names the addresses of an A or AAAA answer `basename@address`, the address written as
+  # `:inet.ntoa/1` writes it, as dns_cluster names nodes: at most `max_nodes` of them, the others
+  # rejected as `:over_max_nodes`. An unspecified address (`0.0.0.0`, `::`) is rejected as
+  # `:unspecified_address`: a connect to it would reach this host itself. The addresses are
+  # parsed data, never text from DNS, so their atoms are as safe as validated names.
+  #
+  #     iex> ClusterSRV.Resolver.address_names([{10, 1, 0, 5}, {0xfd00, 0, 0, 0, 0, 0, 0, 1}], "app", 1)
+  #     %{nodes: [:"app@10.1.0.5"], rejected: [{"fd00::1", :over_max_nodes}]}
+  #
+  #     iex> ClusterSRV.Resolver.address_names([{0, 0, 0, 0}, {10, 1, 0, 6}], "app", 10)
+  #     %{nodes: [:"app@10.1.0.6"], rejected: [{"0.0.0.0", :unspecified_address}]}
   @spec address_names([:inet.ip_address()], String.t(), pos_integer()) :: %{
           nodes: [node()],
           rejected: [{String.t(), :over_max_nodes | :unspecified_address}]
@@ -476,22 +471,21 @@ defmodule ClusterSRV.Resolver do
             "Example: type: :a"
   end
 
-  @doc """
-  The longest a lookup takes before it gives `{:error, :timeout}`, in milliseconds: `timeout ×
-  attempts`, plus 100 ms for the last answer to be read, and as long again with
-  `fill_addresses: true`. It takes a resolver or its options, and the options of `lookup/3`.
-
-  This is the one place the deadline is computed: the native side is given it, and the
-  strategy waits for it, for the native resolver and a `resolver` function alike.
-
-      iex> resolver = %ClusterSRV.Resolver{ref: nil, nameservers: [], timeout: 500, attempts: 3}
-      iex> ClusterSRV.Resolver.deadline(resolver)
-      1600
-      iex> ClusterSRV.Resolver.deadline(resolver, fill_addresses: true)
-      3200
-      iex> ClusterSRV.Resolver.deadline(timeout: 500, attempts: 3)
-      1600
-  """
+  @doc false
+  # The longest a lookup takes before it gives `{:error, :timeout}`, in milliseconds: `timeout ×
+  # attempts`, plus 100 ms for the last answer to be read, and as long again with
+  # `fill_addresses: true`. It takes a resolver or its options, and the options of `lookup/3`.
+  #
+  # This is the one place the deadline is computed: the native side is given it, and the
+  # strategy waits for it, for the native resolver and a `resolver` function alike.
+  #
+  #     iex> resolver = %ClusterSRV.Resolver{ref: nil, nameservers: [], timeout: 500, attempts: 3}
+  #     iex> ClusterSRV.Resolver.deadline(resolver)
+  #     1600
+  #     iex> ClusterSRV.Resolver.deadline(resolver, fill_addresses: true)
+  #     3200
+  #     iex> ClusterSRV.Resolver.deadline(timeout: 500, attempts: 3)
+  #     1600
   @spec deadline(t() | keyword(), keyword()) :: pos_integer()
   def deadline(resolver_or_options, opts \\ [])
 
@@ -503,14 +497,13 @@ defmodule ClusterSRV.Resolver do
     phases * (Keyword.fetch!(options, :timeout) * Keyword.fetch!(options, :attempts) + 100)
   end
 
-  @doc """
-  How long a caller waits for a lookup's reply before it gives up with `{:error, :timeout}`:
-  `deadline/2`, plus a margin. The native side always replies within the deadline; the margin
-  only guards against a stuck runtime.
-
-      iex> ClusterSRV.Resolver.reply_timeout(timeout: 500, attempts: 3)
-      2600
-  """
+  @doc false
+  # How long a caller waits for a lookup's reply before it gives up with `{:error, :timeout}`:
+  # `deadline/2`, plus a margin. The native side always replies within the deadline; the margin
+  # only guards against a stuck runtime.
+  #
+  #     iex> ClusterSRV.Resolver.reply_timeout(timeout: 500, attempts: 3)
+  #     2600
   @spec reply_timeout(t() | keyword(), keyword()) :: pos_integer()
   def reply_timeout(resolver_or_options, opts \\ []),
     do: deadline(resolver_or_options, opts) + @reply_margin
@@ -518,6 +511,7 @@ defmodule ClusterSRV.Resolver do
   defp fill_addresses?(opts), do: Keyword.get(opts, :fill_addresses, false) == true
 
   defimpl Inspect do
+    @moduledoc false
     def inspect(resolver, _opts) do
       "#ClusterSRV.Resolver<servers: #{Kernel.inspect(resolver.servers)} " <>
         "(#{resolver.source}), timeout: #{resolver.timeout}, attempts: #{resolver.attempts}>"

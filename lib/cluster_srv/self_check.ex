@@ -1,22 +1,21 @@
 defmodule ClusterSRV.SelfCheck do
-  @moduledoc """
-  Why this node's name is not among the names DNS lists, and what the other nodes dial for this
-  pod instead: for the strategy's self-check at run time and for `mix cluster_srv.check`.
-
-  `diagnose/4` is pure: it takes this node's name, the config, what a lookup found (records,
-  node names, rejections) and what this host is (`host/0`: its addresses, host names, and
-  whether distribution uses long names), and returns the likely causes, each with a message.
-
-      iex> host = %{addresses: [{10, 1, 0, 95}], names: ["web-7d9-x2k4j"], longnames?: true}
-      iex> {config, []} = ClusterSRV.Config.strategy!(service: "web", namespace: "prod",
-      ...>   application_name: "web", cluster_domain: "cluster.local.")
-      iex> record = %ClusterSRV.Record{priority: 0, weight: 100, port: 4369, ttl: 5,
-      ...>   target: "10-1-0-95.web.prod.svc.cluster.local", addresses: [{10, 1, 0, 95}]}
-      iex> found = %{records: [record], nodes: [:"web@10-1-0-95.web.prod.svc.cluster.local"], rejected: []}
-      iex> [cause] = ClusterSRV.SelfCheck.diagnose(:"web@web-7d9-x2k4j.web.prod.svc.cluster.local", config, found, host)
-      iex> {cause.cause, cause.dialed}
-      {:dashed_ip, "web@10-1-0-95.web.prod.svc.cluster.local"}
-  """
+  @moduledoc false
+  # Why this node's name is not among the names DNS lists, and what the other nodes dial for this
+  # pod instead: for the strategy's self-check at run time and for `mix cluster_srv.check`.
+  #
+  # `diagnose/4` is pure: it takes this node's name, the config, what a lookup found (records,
+  # node names, rejections) and what this host is (`host/0`: its addresses, host names, and
+  # whether distribution uses long names), and returns the likely causes, each with a message.
+  #
+  #     iex> host = %{addresses: [{10, 1, 0, 95}], names: ["web-7d9-x2k4j"], longnames?: true}
+  #     iex> {config, []} = ClusterSRV.Config.strategy!(service: "web", namespace: "prod",
+  #     ...>   application_name: "web", cluster_domain: "cluster.local.")
+  #     iex> record = %ClusterSRV.Record{priority: 0, weight: 100, port: 4369, ttl: 5,
+  #     ...>   target: "10-1-0-95.web.prod.svc.cluster.local", addresses: [{10, 1, 0, 95}]}
+  #     iex> found = %{records: [record], nodes: [:"web@10-1-0-95.web.prod.svc.cluster.local"], rejected: []}
+  #     iex> [cause] = ClusterSRV.SelfCheck.diagnose(:"web@web-7d9-x2k4j.web.prod.svc.cluster.local", config, found, host)
+  #     iex> {cause.cause, cause.dialed}
+  #     {:dashed_ip, "web@10-1-0-95.web.prod.svc.cluster.local"}
 
   alias ClusterSRV.{Config, Record}
 

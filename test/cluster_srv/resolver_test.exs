@@ -4,6 +4,44 @@ defmodule ClusterSRV.ResolverTest do
 
   alias ClusterSRV.Resolver
 
+  describe "internal helpers the strategy uses" do
+    test "node_names/2 keeps valid targets under the domain, once each, and says why not" do
+      record = &%ClusterSRV.Record{priority: 0, weight: 50, port: &2, ttl: 5, target: &1}
+      target = "myapp-0.myapp-headless.default.svc.cluster.local"
+
+      assert Resolver.node_names(
+               [
+                 record.(target, 4370),
+                 record.(target, 4369),
+                 record.("my_app.example.com", 4370)
+               ],
+               application_name: "myapp",
+               domain: "myapp-headless.default.svc.cluster.local"
+             ) ==
+               {:ok,
+                %{
+                  nodes: [:"myapp@#{target}"],
+                  rejected: [{"my_app.example.com", :invalid_hostname}]
+                }}
+    end
+
+    test "address_names/3 names addresses, capped, leaving out unspecified ones" do
+      assert Resolver.address_names([{10, 1, 0, 5}, {0xFD00, 0, 0, 0, 0, 0, 0, 1}], "app", 1) ==
+               %{nodes: [:"app@10.1.0.5"], rejected: [{"fd00::1", :over_max_nodes}]}
+
+      assert Resolver.address_names([{0, 0, 0, 0}, {10, 1, 0, 6}], "app", 10) ==
+               %{nodes: [:"app@10.1.0.6"], rejected: [{"0.0.0.0", :unspecified_address}]}
+    end
+
+    test "deadline/2 and reply_timeout/2: timeout x attempts + 100 ms, twice when filling" do
+      resolver = %Resolver{ref: nil, nameservers: [], timeout: 500, attempts: 3}
+      assert Resolver.deadline(resolver) == 1_600
+      assert Resolver.deadline(resolver, fill_addresses: true) == 3_200
+      assert Resolver.deadline(timeout: 500, attempts: 3) == 1_600
+      assert Resolver.reply_timeout(timeout: 500, attempts: 3) == 2_600
+    end
+  end
+
   describe "new/1" do
     test "builds a resolver with the defaults filled in" do
       assert {:ok, resolver} = Resolver.new(nameservers: ["127.0.0.1:5353"])
