@@ -38,7 +38,7 @@ defmodule ClusterSRV.MixProject do
     [
       licenses: ["Apache-2.0"],
       files: ~w(lib mix native/cluster_srv/src native/cluster_srv/Cargo.toml
-                native/cluster_srv/.cargo/config.toml Cargo.toml Cargo.lock mix.exs README.md
+                native/cluster_srv/.cargo/config.toml Cargo.toml Cargo.lock mix.exs README.md guides
                 .formatter.exs)
     ]
   end
