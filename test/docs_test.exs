@@ -17,7 +17,11 @@ defmodule ClusterSRV.DocsTest do
   defp snippets do
     for path <- @docs,
         {before, code} <- blocks(File.read!(path)),
-        do: %{path: path, code: code, runs?: String.ends_with?(String.trim_trailing(before), @runs)}
+        do: %{
+          path: path,
+          code: code,
+          runs?: String.ends_with?(String.trim_trailing(before), @runs)
+        }
   end
 
   # Each ```elixir block with the text before it.
@@ -75,7 +79,8 @@ defmodule ClusterSRV.DocsTest do
           {node, [{:standalone, opts} | found]}
 
         list, found when is_list(list) ->
-          with {:ok, {:__aliases__, _, [:ClusterSRV, :Strategy]}} <- Keyword.fetch(list, :strategy),
+          with {:ok, {:__aliases__, _, [:ClusterSRV, :Strategy]}} <-
+                 Keyword.fetch(list, :strategy),
                {:ok, config} <- Keyword.fetch(list, :config) do
             {list, [{:strategy, config} | found]}
           else
@@ -92,7 +97,10 @@ defmodule ClusterSRV.DocsTest do
   @tag :integration
   test "the snippets marked to run do, against a real BIND" do
     pods = [{"myapp-0", {10, 244, 0, 10}}, {"myapp-1", {10, 244, 0, 11}}]
-    service = Zone.service("myapp-headless", "default", pods: pods, ports: [{"epmd", "tcp", 4369}])
+
+    service =
+      Zone.service("myapp-headless", "default", pods: pods, ports: [{"epmd", "tcp", 4369}])
+
     dns = DNS.start!(services: [service])
 
     try do

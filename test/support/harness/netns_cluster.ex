@@ -19,7 +19,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   through the system resolver, and runs the strategy with no `nameservers` option, so the
   strategy reads the pod's resolv.conf and asks the cluster DNS on port 53. With `release:`,
   pods run a release's `bin/<name> start` instead, configured from `CLUSTER_*` variables as
-  `examples/kubernetes` configures it.
+  `examples/kubernetes` configures it (or from `release_env:`), and with `membership: :rpc`
+  observed through `bin/<name> rpc` when the release logs no membership of its own.
 
   Pods are listed in and removed from DNS by dynamic updates, as the endpoints controller does
   with `publishNotReadyAddresses: true`: a pod is listed as soon as it starts.
@@ -60,6 +61,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
     :registry,
     :release,
     :nameserver,
+    :release_env,
+    membership: :log,
     erl: "",
     ip_family: :ipv4,
     cookie: "cluster_srv",
@@ -80,7 +83,10 @@ defmodule ClusterSRV.Harness.NetnsCluster do
   service), `:ports` (the service's ports, to make its answer larger), `:erl` (VM flags of
   every pod), `:nameserver` (the resolv.conf nameserver of the pods; default the cluster DNS),
   `:subscriber`, `:strategy`, `:standalone`, `:release` (a release's `bin/<name>`; `:app` is
-  then the release's name), and `:ip_family`: `:ipv6` gives each pod an IPv6 address besides
+  then the release's name), `:release_env` (the release's environment, besides what every pod
+  gets; default `RELEASE_COOKIE` and the `CLUSTER_*` variables `examples/kubernetes` sets from
+  the config), `:membership` (how a release's membership is observed: `:log` or `:rpc`, see
+  `ClusterSRV.Harness.Pod`), and `:ip_family`: `:ipv6` gives each pod an IPv6 address besides
   its IPv4 one and makes it the pod IP, as a service with `ipFamilies: [IPv6]` on a dual-stack
   cluster sees its pods. The service then lists them by AAAA records, and the pods need
   `erl: "-proto_dist inet6_tcp"` and the `:pod_ip` layout to be reached at it. The cluster
@@ -129,6 +135,8 @@ defmodule ClusterSRV.Harness.NetnsCluster do
       config: config,
       subscriber: Keyword.get(opts, :subscriber),
       release: Keyword.get(opts, :release),
+      release_env: Keyword.get(opts, :release_env),
+      membership: Keyword.get(opts, :membership, :log),
       nameserver:
         Keyword.get_lazy(opts, :nameserver, fn ->
           List.to_string(:inet.ntoa(Network.dns_ip()))
@@ -273,31 +281,34 @@ defmodule ClusterSRV.Harness.NetnsCluster do
     [config: cluster.config, strategy: cluster.strategy, standalone: cluster.standalone]
   end
 
-  # The release's environment, as the manifests in examples/kubernetes set it: no
-  # CLUSTER_NAMESERVERS, and RELEASE_NODE left to rel/env.sh.
+  # The release's environment: the given one, or the cookie and the variables the manifests in
+  # examples/kubernetes set (no CLUSTER_NAMESERVERS); RELEASE_NODE is left to rel/env.sh.
   defp container(cluster, sandbox) do
+    env =
+      cluster.release_env || [{"RELEASE_COOKIE", cluster.cookie} | cluster_env(cluster, sandbox)]
+
+    [release: cluster.release, env: env, membership: cluster.membership]
+  end
+
+  defp cluster_env(cluster, sandbox) do
     config = cluster.config
 
-    env =
-      [
-        {"RELEASE_COOKIE", cluster.cookie},
-        {"CLUSTER_SERVICE", config[:service]},
-        {"CLUSTER_NAMESPACE", config[:namespace]},
-        {"CLUSTER_APPLICATION_NAME", config[:application_name]},
-        {"CLUSTER_POLLING_INTERVAL", Integer.to_string(config[:polling_interval])}
-      ] ++
-        case cluster.layout do
-          :statefulset ->
-            []
+    [
+      {"CLUSTER_SERVICE", config[:service]},
+      {"CLUSTER_NAMESPACE", config[:namespace]},
+      {"CLUSTER_APPLICATION_NAME", config[:application_name]},
+      {"CLUSTER_POLLING_INTERVAL", Integer.to_string(config[:polling_interval])}
+    ] ++
+      case cluster.layout do
+        :statefulset ->
+          []
 
-          :deployment ->
-            [{"CLUSTER_PORT_NAME", "discovery"}]
+        :deployment ->
+          [{"CLUSTER_PORT_NAME", "discovery"}]
 
-          :pod_ip ->
-            [{"CLUSTER_NODE_NAMING", "ip"}, {"NODE_HOST", ip_string(pod_ip(cluster, sandbox))}]
-        end
-
-    [release: cluster.release, env: env]
+        :pod_ip ->
+          [{"CLUSTER_NODE_NAMING", "ip"}, {"NODE_HOST", ip_string(pod_ip(cluster, sandbox))}]
+      end
   end
 
   @doc "Kubelet's /etc/hosts for a pod: the localhost lines, then the pod's own line."

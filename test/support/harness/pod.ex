@@ -13,7 +13,10 @@ defmodule ClusterSRV.Harness.Pod do
   runs its own epmd on 4369 and resolves its peers through the system resolver, with no inetrc.
 
   It runs `ClusterSRV.Harness.PodAgent`, which starts the strategy with the config given here,
-  or, with `:release`, a release's `bin/<name> start`.
+  or, with `:release`, a release's `bin/<name> start`. A release's membership comes from its own
+  `[<app>] cluster: ...` log lines, or, for a release that logs none (`membership: :rpc`), from
+  an observer the harness runs in the pod as `kubectl exec` would: `bin/<name> rpc` with the
+  pod's host name, which reports the node's name and its `Node.list()` each time it changes.
 
       pod = ClusterSRV.Harness.Pod.start!(label: "myapp-0", app: "myapp", netns: sandbox.ns,
               ip: sandbox.ip, hostname: "myapp-0",
@@ -63,7 +66,13 @@ defmodule ClusterSRV.Harness.Pod do
       otherwise fails to start;
     * `:erl` - VM flags for every pod of a cluster, such as `-kernel net_ticktime 4`;
     * `:release` - the path of a release's `bin/<name>`, run with `start` and the environment
-      `:env`, instead of the agent; its membership comes from its `[<app>] cluster: ...` lines.
+      `:env`, instead of the agent;
+    * `:membership` - for a release: `:log` (default), its `[<app>] cluster: ...` lines, the
+      first of which makes it ready; or `:rpc`, an observer that runs `bin/<name> rpc` in the
+      sandbox (with `:env` and the pod's host name, so that `rel/env.sh` names the node as it
+      named the release's) and reports the node's name, its OS pid and each change of
+      `Node.list()`; the pod is ready once the observer reached the node. The observer's node
+      is hidden, so it is in no one's `Node.list()`.
   """
   def start!(opts) do
     {:ok, pid} = GenServer.start_link(__MODULE__, opts)
@@ -175,6 +184,10 @@ defmodule ClusterSRV.Harness.Pod do
        name: name,
        release?: opts[:release] != nil,
        netns: opts[:netns],
+       observe: observe(opts),
+       observer: nil,
+       observer_output: [],
+       observer_said: nil,
        subscriber: Keyword.get(opts, :subscriber),
        os_pid: nil,
        ready_at: nil,
@@ -264,12 +277,49 @@ defmodule ClusterSRV.Harness.Pod do
   end
 
   defp start_release(opts) do
-    ns = Keyword.fetch!(opts, :netns)
+    if observe(opts), do: send(self(), :observe)
+    release_command(opts, ["start"])
+  end
+
+  # `bin/<name> <args>` in the pod's sandbox, under the pod's host name.
+  defp release_command(opts, args) do
     script = ~S{hostname "$1" || exit 1; shift; exec "$0" "$@"}
     extra = Keyword.get(opts, :env, [])
     names = for {name, _} <- extra, do: name
     env = Enum.reject(pod_env(opts), fn {name, _} -> name in names end) ++ extra
-    in_pod(ns, ["sh", "-c", script, opts[:release], opts[:hostname], "start"], env)
+
+    in_pod(
+      Keyword.fetch!(opts, :netns),
+      ["sh", "-c", script, opts[:release], opts[:hostname] | args],
+      env
+    )
+  end
+
+  # What `membership: :rpc` runs on the release's node, its output going to the observer: the
+  # node's name and OS pid once, then its node list now and at each change, until the
+  # observer's group leader goes (the observer was stopped, or lost the node).
+  @observer ~S'''
+  :ok = :net_kernel.monitor_nodes(true)
+  leader = Process.monitor(Process.group_leader())
+  IO.puts("@@ ready #{node()} #{System.pid()}")
+
+  report = fn report ->
+    IO.puts("@@ nodes " <> Enum.join(Node.list(), ","))
+
+    receive do
+      {event, _node} when event in [:nodeup, :nodedown] -> report.(report)
+      {:DOWN, ^leader, _, _, _} -> :ok
+    end
+  end
+
+  report.(report)
+  '''
+
+  defp observe(opts) do
+    case Keyword.get(opts, :membership, :log) do
+      :log -> nil
+      :rpc -> fn -> release_command(opts, ["rpc", @observer]) end
+    end
   end
 
   # Each of `ip netns exec`, `unshare` and `sh -c '... exec'` execs the next, so the
@@ -351,6 +401,34 @@ defmodule ClusterSRV.Harness.Pod do
     {:noreply, handle_line(line, now(), state)}
   end
 
+  def handle_info({port, {:data, {_eol, "@@ " <> _ = line}}}, %{observer: port} = state),
+    do: {:noreply, handle_line(line, now(), state)}
+
+  def handle_info({port, {:data, {_eol, line}}}, %{observer: port} = state) do
+    if String.trim(line) == "",
+      do: {:noreply, state},
+      else: {:noreply, %{state | observer_output: [line | state.observer_output]}}
+  end
+
+  # Until the node is up, and whenever the observer loses it while the pod lives, try again.
+  # The log gets what an attempt said only when it differs from what the last one said.
+  def handle_info({port, {:exit_status, status}}, %{observer: port} = state) do
+    if state.alive, do: Process.send_after(self(), :observe, 500)
+    output = Enum.reverse(state.observer_output)
+    said = Enum.map(output, &String.replace(&1, ~r/^\d\d:\d\d:\d\d\.\d+ /, ""))
+
+    log =
+      if said == state.observer_said,
+        do: state.log,
+        else: Enum.reverse(output, ["the rpc observer exited (#{status}):" | state.log])
+
+    {:noreply,
+     %{state | observer: nil, observer_output: [], observer_said: said, log: Enum.take(log, 200)}}
+  end
+
+  def handle_info(:observe, %{alive: true, observer: nil} = state),
+    do: {:noreply, %{state | observer: state.observe.()}}
+
   def handle_info({port, {:exit_status, _status}}, %{port: port} = state) do
     state = %{state | alive: false, members: MapSet.new(), exited_at: now()}
     notify(state, :exited, now())
@@ -373,6 +451,7 @@ defmodule ClusterSRV.Harness.Pod do
 
   @impl true
   def terminate(_reason, state) do
+    if state.observer, do: Watchdog.close(state.observer)
     if state.alive, do: Watchdog.close(state.port)
     :ok
   end
@@ -380,13 +459,20 @@ defmodule ClusterSRV.Harness.Pod do
   defp handle_line("@@ ready " <> rest, at, state) do
     [node, os_pid] = String.split(rest)
 
-    if node == Atom.to_string(state.name) do
-      ready(%{state | os_pid: os_pid}, at)
-    else
-      # A pod that names itself differently from what DNS lists is a harness bug.
-      failure = {:misnamed, node, state.name}
-      reply_waiting(state, {:error, failure})
-      %{state | waiting: [], failure: failure}
+    cond do
+      node != Atom.to_string(state.name) ->
+        # A pod that names itself differently from what DNS lists: a harness bug, or a
+        # release's rel/env.sh.
+        failure = {:misnamed, node, state.name}
+        reply_waiting(state, {:error, failure})
+        %{state | waiting: [], failure: failure}
+
+      # A release's observer says it again each time it reaches the node anew.
+      state.ready_at ->
+        %{state | os_pid: os_pid}
+
+      true ->
+        ready(%{state | os_pid: os_pid}, at)
     end
   end
 
