@@ -42,6 +42,15 @@ defmodule ClusterSRV.DocsTest do
     end
   end
 
+  test "every relative link in the docs leads to a file of the repository" do
+    for path <- ["CONTRIBUTING.md" | @docs],
+        [_, target] <- Regex.scan(~r/\]\(([^)#]+)(?:#[^)]*)?\)/, File.read!(path)),
+        not String.starts_with?(target, ["http://", "https://"]) do
+      resolved = path |> Path.dirname() |> Path.join(target)
+      assert File.exists?(resolved), "#{path} links to #{target}, which does not exist"
+    end
+  end
+
   test "every ClusterSRV config in the docs passes the strategy's validation" do
     configs =
       for %{path: path, code: code} <- snippets(),

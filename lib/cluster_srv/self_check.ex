@@ -103,7 +103,7 @@ defmodule ClusterSRV.SelfCheck do
               "#{said}: the other nodes dial #{inspect(dialed)} for this pod, since its SRV target " <>
                 "is its dashed IP: CoreDNS's `endpoint_pod_names` is off, or the pod has no " <>
                 "`hostname` and `subdomain`. Enable `endpoint_pod_names` and set the pod's " <>
-                "hostname and subdomain, or name the nodes app@$(POD_IP) with node_naming: :ip"
+                "hostname and subdomain, or name the nodes app@${POD_IP} with node_naming: :ip"
           }
         else
           %{
@@ -112,7 +112,7 @@ defmodule ClusterSRV.SelfCheck do
             message:
               "#{said}: the other nodes dial #{inspect(dialed)} for this pod. Set RELEASE_NODE=" <>
                 "#{dialed} (in rel/env.sh.eex: #{config.application_name}@$(hostname -f), or " <>
-                "#{config.application_name}@$(POD_IP) with node_naming: :ip)"
+                "#{config.application_name}@${POD_IP} with node_naming: :ip)"
           }
         end
     end
