@@ -91,10 +91,10 @@ defmodule Mix.Tasks.ClusterSrv.Check do
 
       mix cluster_srv.check --live [--topology T]
 
-  prints what the strategies running on this node know (`ClusterSRV.status/1`): the first
-  query, the last lookup, the nodes listed, connected, connecting and unreachable, pending
-  removals, and whether this node is listed. It is meant for the node itself, over the
-  release's rpc:
+  prints what the strategies running on this node know (`ClusterSRV.status/1`): their queries,
+  the last lookup, each query failing now with why, the nodes listed, connected, connecting and
+  unreachable, pending removals, and whether this node is listed. It is meant for the node
+  itself, over the release's rpc:
 
       bin/myapp rpc 'Mix.Tasks.ClusterSrv.Check.run(~w(--live))'
 
@@ -390,6 +390,10 @@ defmodule Mix.Tasks.ClusterSrv.Check do
           "#{DateTime.to_iso8601(at)}: #{describe_result(result)} (#{us} µs)"
       end
 
+    failing =
+      for {{name, type}, why} <- Enum.sort(status.failing),
+          do: "#{name} (#{type_name(type)}): #{Reasons.describe_failure(why)}"
+
     pending =
       for {node, due} <- status.pending_removals,
           do: "#{inspect(node)} in #{max(due - System.monotonic_time(:millisecond), 0)} ms"
@@ -397,8 +401,9 @@ defmodule Mix.Tasks.ClusterSrv.Check do
     unreachable = for {node, why} <- status.unreachable, do: "#{inspect(node)}: #{inspect(why)}"
 
     section("Topology #{inspect(status.topology)} on #{inspect(status.node)}", [
-      "query: #{status.query}",
+      "queries: " <> Enum.map_join(status.queries, ", ", &"#{&1.name} (#{type_name(&1.type)})"),
       "last lookup: #{last}; failures in a row: #{status.failures}",
+      "failing (#{length(failing)}): #{listing(failing)}",
       "this node listed: #{inspect(status.self_listed)}#{if status.leaving, do: " (leaving)", else: ""}",
       "listed (#{length(status.listed)}): #{names(status.listed)}",
       "connected (#{length(status.connected)}): #{names(status.connected)}",

@@ -542,10 +542,24 @@ defmodule Mix.Tasks.ClusterSrv.CheckTest do
       {status, output} = run(["--live", "--topology", Atom.to_string(topology)])
       assert status == 0
       assert output =~ "Topology #{inspect(topology)}"
-      assert output =~ "query: myapp-headless.default.svc.cluster.local."
+      assert output =~ "queries: myapp-headless.default.svc.cluster.local. (SRV)"
       assert output =~ ~r/last lookup: \S+: ok \(\d+ µs\)/
+      assert output =~ "failing (0): -"
       assert output =~ "listed (3): :\"myapp@myapp-0.myapp-headless.default.svc.cluster.local\""
       assert output =~ "unreachable (0): -"
+    end
+
+    test "shows each query failing now, with why", %{dns: dns} do
+      topology = start_strategy(dns, query: [{"web", "web.internal"}, {"web", "web.example"}])
+
+      {0, output} = run(["--live", "--topology", Atom.to_string(topology)])
+
+      assert output =~
+               "queries: web.internal (A), web.internal (AAAA), web.example (A), web.example (AAAA)"
+
+      assert output =~
+               "failing (2): web.example (A): the server refused the query, " <>
+                 "web.example (AAAA): the server refused the query"
     end
 
     test "with no strategy running, exits 1 and says so" do
