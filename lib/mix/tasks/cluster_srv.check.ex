@@ -783,7 +783,7 @@ defmodule Mix.Tasks.ClusterSrv.Check do
       "the SRV targets are dashed IPs (#{inspect(hd(dashed).target)}): the pods have no host name in " <>
         "DNS, so no node is named after them. Either enable CoreDNS's `endpoint_pod_names` option " <>
         "(in the kubernetes plugin of its Corefile) and give the pods a hostname and a subdomain " <>
-        "matching the service, or name the nodes after their IP (RELEASE_NODE=app@$(POD_IP)) and " <>
+        "matching the service, or name the nodes after their IP (RELEASE_NODE=app@${POD_IP}) and " <>
         "use `node_naming: :ip`."
     end
   end
