@@ -42,6 +42,11 @@ defmodule ClusterSRV.DocsTest do
     end
   end
 
+  test "the README's options table is the moduledocs' own" do
+    table = File.read!("lib/cluster_srv/options.md")
+    assert File.read!("README.md") =~ table
+  end
+
   test "every relative link in the docs leads to a file of the repository" do
     for path <- ["CONTRIBUTING.md" | @docs],
         [_, target] <- Regex.scan(~r/\]\(([^)#]+)(?:#[^)]*)?\)/, File.read!(path)),
