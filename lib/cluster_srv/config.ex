@@ -21,6 +21,7 @@ defmodule ClusterSRV.Config do
     :resolver,
     log: :info,
     polling_interval: 5_000,
+    polling_jitter: 0.1,
     resolver_options: [],
     node_naming: :hostname,
     max_nodes: 1_000,
@@ -51,6 +52,7 @@ defmodule ClusterSRV.Config do
           log: Logger.level() | false,
           resolver: (charlist() -> term()) | nil,
           polling_interval: pos_integer(),
+          polling_jitter: float(),
           resolver_options: keyword(),
           node_naming: :hostname | :ip,
           max_nodes: pos_integer(),
@@ -64,6 +66,7 @@ defmodule ClusterSRV.Config do
     :namespace,
     :application_name,
     :polling_interval,
+    :polling_jitter,
     :resolver,
     :cluster_domain,
     :port_name,
@@ -166,6 +169,7 @@ defmodule ClusterSRV.Config do
       sources: sources,
       resolver: resolver,
       polling_interval: polling_interval!(config),
+      polling_jitter: optional(config, :polling_jitter, 0.1, &polling_jitter!/1),
       log: optional(config, :log, if(dns_cluster?, do: false, else: :info), &log!/1),
       resolver_options: resolver_options,
       node_naming:
@@ -537,6 +541,19 @@ defmodule ClusterSRV.Config do
 
   defp polling_interval!(key, ms),
     do: invalid!(key, ms, "a positive integer of milliseconds", "#{key}: 5_000")
+
+  defp polling_jitter!(jitter) when is_number(jitter) and jitter >= 0 and jitter <= 0.5,
+    do: jitter / 1
+
+  defp polling_jitter!(jitter) do
+    invalid!(
+      :polling_jitter,
+      jitter,
+      "a number from 0 to 0.5, the share of polling_interval by which each poll is moved " <>
+        "earlier or later at random (0 turns it off)",
+      "polling_jitter: 0.1"
+    )
+  end
 
   defp node_naming!(naming) when naming in [:hostname, :ip], do: naming
   defp node_naming!("hostname"), do: :hostname

@@ -38,13 +38,14 @@ defmodule ClusterSRV.Lookup do
   alias ClusterSRV.{Config, Record, Resolver}
 
   @enforce_keys [:config]
-  defstruct [:config, :resolver, :running, native_sources: []]
+  defstruct [:config, :resolver, :running, native_sources: [], tcp_first: []]
 
   @type t :: %__MODULE__{
           config: Config.t(),
           resolver: Resolver.t() | nil,
           running: map() | nil,
-          native_sources: [tuple()]
+          native_sources: [tuple()],
+          tcp_first: [boolean()]
         }
 
   @type result ::
@@ -83,7 +84,12 @@ defmodule ClusterSRV.Lookup do
       for source <- config.sources,
           do: {source.name, source.type, source.basename, source.domain, config.node_naming}
 
-    %__MODULE__{config: config, resolver: resolver, native_sources: native_sources}
+    %__MODULE__{
+      config: config,
+      resolver: resolver,
+      native_sources: native_sources,
+      tcp_first: Enum.map(native_sources, fn _ -> false end)
+    }
   end
 
   @doc "Whether a lookup is in flight."
@@ -116,7 +122,11 @@ defmodule ClusterSRV.Lookup do
         {:ok, track(lookup, %{ref: ref, pid: pid, monitor: monitor, started: started}, wait)}
 
       resolver ->
-        case Resolver.async_discover_all(resolver, lookup.native_sources, config.max_nodes) do
+        # Each source is asked over TCP first when its last answer needed TCP: a hint from
+        # the last result, never kept by the resolver, so that no fault can hide it.
+        sources = Enum.zip_with(lookup.native_sources, lookup.tcp_first, &Tuple.append/2)
+
+        case Resolver.async_discover_all(resolver, sources, config.max_nodes) do
           {:error, reason} -> {:done, results(config, {:error, reason}), 0, lookup}
           ref -> {:ok, track(lookup, %{ref: ref, pid: nil, monitor: nil, started: started}, wait)}
         end
@@ -158,8 +168,11 @@ defmodule ClusterSRV.Lookup do
     Process.cancel_timer(running.timer)
     if running.monitor, do: Process.demonitor(running.monitor, [:flush])
 
-    {:done, results(config, reply), System.monotonic_time() - running.started,
-     %{lookup | running: nil}}
+    results = results(config, reply)
+    tcp_first = for {_source, result} <- results, do: match?({:ok, %{tcp: true}}, result)
+
+    {:done, results, System.monotonic_time() - running.started,
+     %{lookup | running: nil, tcp_first: tcp_first}}
   end
 
   # A result per source: the reply's, with A and AAAA addresses named; a failure of the whole
@@ -175,11 +188,12 @@ defmodule ClusterSRV.Lookup do
   defp results(config, {:error, reason}),
     do: for(source <- config.sources, do: {source, {:error, reason}})
 
-  defp named(source, {:ok, %{addresses: addresses, records: records}}, config) do
+  defp named(source, {:ok, %{addresses: addresses, records: records} = answer}, config) do
     {:ok,
      addresses
      |> Resolver.address_names(source.basename, config.max_nodes)
-     |> Map.merge(%{records: records, unresolved: [], by_target: []})}
+     |> Map.merge(%{records: records, unresolved: [], by_target: []})
+     |> Map.put(:tcp, Map.get(answer, :tcp, false))}
   end
 
   defp named(_source, result, _config), do: result

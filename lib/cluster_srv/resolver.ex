@@ -404,14 +404,16 @@ defmodule ClusterSRV.Resolver do
   @doc false
   # Looks up several sources at once, on the native runtime, and replies by message like
   # `async_lookup/3`: this is what `ClusterSRV.Strategy` polls with. Each source is
-  # `{name, type, basename, domain, node_naming}`; the caller receives
+  # `{name, type, basename, domain, node_naming, tcp_first}` (`tcp_first` optional: ask over
+  # TCP first, falling back to UDP at once on any TCP failure); the caller receives
   #
   #     {:cluster_srv_lookup, ref, {:ok, [result]}}
   #
   # with a result per source, in their order: for SRV, `{:ok, %{records: count, nodes: [node()],
-  # rejected: [{target, reason}], unresolved: [{target, reason}]}}`, the targets named on the
-  # runtime as `async_discover/3` names them (unresolved ones included); for A and AAAA,
-  # `{:ok, %{records: count, addresses: [ip]}}`, which `address_names/3` names (the names are
+  # rejected: [{target, reason}], unresolved: [{target, reason}], by_target: [...], tcp:
+  # bool}}`, the targets named on the runtime as `async_discover/3` names them; for A and AAAA,
+  # `{:ok, %{records: count, addresses: [ip], tcp: bool}}`, which `address_names/3` names (the
+  # names are
   # made on the Elixir side, where `:inet.ntoa/1` writes the addresses); or `{:error, reason}`
   # for a source that failed. Every source is asked at once, and each gives its
   # own result within `deadline/2`.
@@ -420,8 +422,15 @@ defmodule ClusterSRV.Resolver do
     ref = make_ref()
 
     sources =
-      for {name, type, basename, domain, naming} <- sources,
-          do: {name, type!(type), basename, domain, naming}
+      for source <- sources do
+        case source do
+          {name, type, basename, domain, naming} ->
+            {name, type!(type), basename, domain, naming, false}
+
+          {name, type, basename, domain, naming, tcp_first} ->
+            {name, type!(type), basename, domain, naming, tcp_first == true}
+        end
+      end
 
     case Native.start_discover_all(native, sources, max_nodes, ref) do
       :ok -> ref

@@ -301,8 +301,24 @@ defmodule ClusterSRV.Strategy do
   # The timer's message carries its own reference, so no other message can start a poll.
   defp schedule_poll(%{timer: nil} = state) do
     timer = make_ref()
-    Process.send_after(self(), {:poll, timer}, state.topology.config.polling_interval)
+    config = state.topology.config
+
+    Process.send_after(
+      self(),
+      {:poll, timer},
+      next_wait(config.polling_interval, config.polling_jitter)
+    )
+
     %{state | timer: timer}
+  end
+
+  # The interval, moved earlier or later by up to `jitter` of it at random, so that pods
+  # started together (a rollout) spread their polls rather than reach the DNS at once.
+  defp next_wait(interval, jitter) when jitter == 0, do: interval
+
+  defp next_wait(interval, jitter) do
+    spread = round(interval * jitter)
+    max(interval - spread + :rand.uniform(2 * spread + 1) - 1, 1)
   end
 
   # -- Actions out -----------------------------------------------------------------------------

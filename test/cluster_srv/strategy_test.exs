@@ -173,6 +173,43 @@ defmodule ClusterSRV.StrategyTest do
       assert is_integer(first)
     end
 
+    test "polls come at the interval moved by up to polling_jitter of it, the first at once" do
+      gaps = fn jitter ->
+        {_dns, resolver} = fake_dns(hostent([target(0)]))
+        started = System.monotonic_time(:millisecond)
+        {pid, _probe} = start(config(resolver, polling_jitter: jitter))
+
+        times =
+          for _ <- 1..21 do
+            assert_receive {:lookup, _, at}, 1_000
+            at
+          end
+
+        GenServer.stop(pid)
+        drain(:lookup)
+        assert hd(times) - started < @interval / 2, "the first poll waited"
+        times |> Enum.zip(tl(times)) |> Enum.map(fn {a, b} -> b - a end)
+      end
+
+      steady = gaps.(0)
+      assert Enum.all?(steady, &(&1 >= @interval)), inspect(steady)
+
+      spread = gaps.(0.3)
+      assert Enum.all?(spread, &(&1 >= @interval * 0.7 - 5)), inspect(spread)
+      # 20 draws over ±30 ms: some fall in each half of the spread.
+      assert Enum.any?(spread, &(&1 < @interval - 5)), inspect(spread)
+      assert Enum.any?(spread, &(&1 > @interval + 10)), inspect(spread)
+    end
+
+    test "polling_jitter is a share from 0 to 0.5" do
+      {_dns, resolver} = fake_dns(hostent([]))
+
+      for bad <- [-0.1, 0.6, :on] do
+        error = assert_raise ArgumentError, fn -> start(config(resolver, polling_jitter: bad)) end
+        assert error.message =~ "invalid value for :polling_jitter"
+      end
+    end
+
     test "a connect that is slow does not delay the next poll" do
       {_dns, resolver} = fake_dns(hostent([target(0)]))
       {_pid, _probe} = start(config(resolver), delay: 20 * @interval)

@@ -66,6 +66,7 @@ mod nif {
             aaaa,
             cluster_srv_probe,
             by_target,
+            tcp,
         }
     }
 
@@ -234,30 +235,33 @@ mod nif {
     }
 
     /// Starts a discovery of several sources at once, each `{name, type, basename, domain,
-    /// naming}`: the caller receives `{:cluster_srv_lookup, tag, {:ok, [result]}}`, a result
-    /// per source in their order. An SRV source's result is `{:ok, %{records: count, nodes:
-    /// [atom], rejected: [{target, reason}], unresolved: [{target, reason}]}}` (as
-    /// `start_discover` gives it), its targets turned into node names here, so that none of
-    /// the records reach the caller's heap and no scheduler runs the validation;
-    /// an A or AAAA source's is `{:ok, %{records: count, addresses: [ip]}}`; a failed one's is
-    /// `{:error, reason}`. This is the strategy's poll.
+    /// naming, tcp_first}`: the caller receives `{:cluster_srv_lookup, tag, {:ok, [result]}}`,
+    /// a result per source in their order. An SRV source's result is `{:ok, %{records: count,
+    /// nodes: [atom], rejected: [{target, reason}], unresolved: [{target, reason}], by_target:
+    /// [{target, atom}], tcp: bool}}` (as `start_discover` gives it), its targets turned into
+    /// node names here, so that none of the records reach the caller's heap and no scheduler
+    /// runs the validation; an A or AAAA source's is `{:ok, %{records: count, addresses: [ip],
+    /// tcp: bool}}`; a failed one's is `{:error, reason}`. `tcp` says whether the answer needed
+    /// TCP, for the caller to pass back as the source's next `tcp_first`. This is the
+    /// strategy's poll.
     #[rustler::nif]
     fn start_discover_all<'a>(
         env: Env<'a>,
         resource: ResourceArc<ResolverResource>,
-        sources: Vec<(Binary<'a>, Atom, String, Option<String>, Atom)>,
+        sources: Vec<(Binary<'a>, Atom, String, Option<String>, Atom, bool)>,
         max_nodes: usize,
         tag: Term<'a>,
     ) -> Term<'a> {
         guarded(env, || {
             let sources: Vec<Result<Source, Error>> = sources
                 .into_iter()
-                .map(|(name, record_type, basename, domain, naming)| {
+                .map(|(name, record_type, basename, domain, naming, tcp_first)| {
                     Ok(Source {
                         // A name that is not UTF-8 is refused as an invalid name by the lookup.
                         name: String::from_utf8_lossy(name.as_slice()).into_owned(),
                         record_type: decode_type(record_type)?,
                         rules: rules(basename, domain, naming, max_nodes),
+                        tcp_first,
                     })
                 })
                 .collect();
@@ -434,6 +438,7 @@ mod nif {
             atoms::nodes(),
             atoms::records(),
             atoms::rejected(),
+            atoms::tcp(),
             atoms::unresolved(),
         ]
         .map(|k| k.encode(env));
@@ -442,6 +447,7 @@ mod nif {
             nodes,
             discovery.records.encode(env),
             rejected,
+            discovery.needs_tcp.encode(env),
             unresolved.encode(env),
         ];
         Term::map_from_term_arrays(env, &keys, &values)
@@ -451,10 +457,18 @@ mod nif {
     fn encode_found<'a>(env: Env<'a>, found: &Found) -> Result<Term<'a>, Error> {
         match found {
             Found::Names(discovery) => encode_names(env, discovery),
-            Found::Addresses(addresses) => {
+            Found::Addresses {
+                addresses,
+                needs_tcp,
+            } => {
                 let ips: Vec<Term<'a>> = addresses.iter().map(|ip| encode_ip(env, ip)).collect();
-                let keys = [atoms::addresses(), atoms::records()].map(|k| k.encode(env));
-                let values = [ips.encode(env), addresses.len().encode(env)];
+                let keys =
+                    [atoms::addresses(), atoms::records(), atoms::tcp()].map(|k| k.encode(env));
+                let values = [
+                    ips.encode(env),
+                    addresses.len().encode(env),
+                    needs_tcp.encode(env),
+                ];
                 Term::map_from_term_arrays(env, &keys, &values)
                     .map_err(|_| Error::Io("cannot build the answer map".to_string()))
             }
@@ -587,6 +601,7 @@ mod nif {
             records: candidates.len(),
             outcome,
             unresolved: Vec::new(),
+            needs_tcp: false,
         });
         match answer.encode(env) {
             Ok(answer) => (atoms::ok(), answer).encode(env),

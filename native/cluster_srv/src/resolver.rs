@@ -58,6 +58,9 @@ pub struct Source {
     pub name: String,
     pub record_type: RecordType,
     pub rules: Rules,
+    /// Ask over TCP first: the caller's last answer for this source needed TCP (see
+    /// `Answered::needs_tcp`). Any TCP failure falls back to UDP at once.
+    pub tcp_first: bool,
 }
 
 /// What one source of a discovery found.
@@ -65,8 +68,12 @@ pub struct Source {
 pub enum Found {
     /// From an SRV answer: see `Discovery`.
     Names(Discovery),
-    /// From an A or AAAA answer: the addresses, which the caller names.
-    Addresses(Vec<IpAddr>),
+    /// From an A or AAAA answer: the addresses, which the caller names, and whether the
+    /// answer needed TCP.
+    Addresses {
+        addresses: Vec<IpAddr>,
+        needs_tcp: bool,
+    },
 }
 
 /// What an SRV answer gave: the number of records, the node names made of them, and the
@@ -78,6 +85,18 @@ pub struct Discovery {
     pub records: usize,
     pub outcome: names::Outcome,
     pub unresolved: Vec<(String, Error)>,
+    /// Whether the SRV answer needed TCP: see `Answered::needs_tcp`.
+    pub needs_tcp: bool,
+}
+
+/// An answer, and whether it needs TCP: its UDP answer was truncated, or it was asked over TCP
+/// first and is larger than the UDP payload we advertise. The caller passes it back as the next
+/// lookup's `tcp_first`, so that a name whose answer outgrew UDP costs one query a poll, not
+/// two, and goes back to UDP once its answer fits again. The resolver itself keeps nothing.
+#[derive(Debug)]
+struct Answered {
+    message: Message,
+    needs_tcp: bool,
 }
 
 /// A lookup begun on the calling thread (`SrvResolver::begin`): the name parsed, the end of
@@ -90,6 +109,7 @@ pub struct Begun {
     record_type: RecordType,
     end: tokio::time::Instant,
     first: Option<FirstTry>,
+    tcp_first: bool,
 }
 
 /// The first try of a lookup, begun: the name it asks, when the try ends, and for each server
@@ -172,9 +192,14 @@ impl SrvResolver {
     /// deadline counts from now. Pass the result to `lookup_begun`, `discover_begun` or
     /// `addresses_begun` on the runtime.
     pub fn begin(&self, name: &str, record_type: RecordType) -> Begun {
+        self.begin_over(name, record_type, false)
+    }
+
+    /// `begin`, asking over TCP first when `tcp_first`: then no UDP query is sent from here.
+    pub fn begin_over(&self, name: &str, record_type: RecordType, tcp_first: bool) -> Begun {
         let end = tokio::time::Instant::now() + self.deadline;
         let name = parse_query_name(name);
-        let first = name.as_ref().ok().and_then(|name| {
+        let first = name.as_ref().ok().filter(|_| !tcp_first).and_then(|name| {
             let candidate = candidate_names(name, &self.plan).into_iter().next()?;
             let query = Query::query(candidate.clone(), record_type);
             let exchanges = self
@@ -198,6 +223,7 @@ impl SrvResolver {
             record_type,
             end,
             first,
+            tcp_first,
         }
     }
 
@@ -217,7 +243,7 @@ impl SrvResolver {
         begun: Begun,
         fill_addresses: bool,
     ) -> Result<Vec<SrvRecord>, Error> {
-        let mut records = self.srv_records(begun).await?;
+        let (mut records, _needs_tcp) = self.srv_records(begun).await?;
         if fill_addresses {
             self.fill_addresses(&mut records, |_| true, usize::MAX)
                 .await;
@@ -236,7 +262,7 @@ impl SrvResolver {
 
     /// `discover`, from a lookup `begin` began for SRV records.
     pub async fn discover_begun(&self, begun: Begun, rules: &Rules) -> Result<Discovery, Error> {
-        let mut records = self.srv_records(begun).await?;
+        let (mut records, needs_tcp) = self.srv_records(begun).await?;
         let unresolved = if rules.naming == Naming::Ip {
             let accepted = |target: &str| names::target_accepted(target, rules);
             self.fill_addresses(&mut records, accepted, rules.max_nodes)
@@ -260,6 +286,7 @@ impl SrvResolver {
             records: records.len(),
             outcome,
             unresolved,
+            needs_tcp,
         })
     }
 
@@ -267,9 +294,17 @@ impl SrvResolver {
     /// (`RecordType::AAAA`), sorted and each kept once, so that every caller sees them in one
     /// order. No records of the type is `Error::NoRecords`.
     pub async fn addresses_begun(&self, begun: Begun) -> Result<Vec<IpAddr>, Error> {
+        self.addresses_answered(begun)
+            .await
+            .map(|(addresses, _needs_tcp)| addresses)
+    }
+
+    /// `addresses_begun`, and whether the answer needed TCP.
+    async fn addresses_answered(&self, begun: Begun) -> Result<(Vec<IpAddr>, bool), Error> {
         let record_type = begun.record_type;
-        let answer = self.resolve_begun(begun).await?;
-        addresses_in(&answer, record_type)
+        let answered = self.resolve_begun(begun).await?;
+        let addresses = addresses_in(&answered.message, record_type)?;
+        Ok((addresses, answered.needs_tcp))
     }
 
     /// Looks up every source at once and gives what each found, in their order: node names for
@@ -277,25 +312,32 @@ impl SrvResolver {
     /// its own: the others' results stand.
     pub async fn discover_many(&self, sources: &[Source]) -> Vec<Result<Found, Error>> {
         futures_util::future::join_all(sources.iter().map(|source| async move {
-            let begun = self.begin(&source.name, source.record_type);
+            let begun = self.begin_over(&source.name, source.record_type, source.tcp_first);
             match source.record_type {
                 RecordType::SRV => self
                     .discover_begun(begun, &source.rules)
                     .await
                     .map(Found::Names),
-                _ => self.addresses_begun(begun).await.map(Found::Addresses),
+                _ => self
+                    .addresses_answered(begun)
+                    .await
+                    .map(|(addresses, needs_tcp)| Found::Addresses {
+                        addresses,
+                        needs_tcp,
+                    }),
             }
         }))
         .await
     }
 
-    async fn srv_records(&self, begun: Begun) -> Result<Vec<SrvRecord>, Error> {
-        let answer = self.resolve_begun(begun).await?;
-        let records = build_records(&answer.answers, &answer.additionals);
+    async fn srv_records(&self, begun: Begun) -> Result<(Vec<SrvRecord>, bool), Error> {
+        let answered = self.resolve_begun(begun).await?;
+        let message = &answered.message;
+        let records = build_records(&message.answers, &message.additionals);
         if records.is_empty() {
             Err(Error::NoRecords)
         } else {
-            Ok(records)
+            Ok((records, answered.needs_tcp))
         }
     }
 
@@ -371,14 +413,14 @@ impl SrvResolver {
         name: &Name,
         record_type: RecordType,
     ) -> Result<Vec<IpAddr>, Error> {
-        let answer = self.resolve(name, record_type, None).await?;
-        addresses_in(&answer, record_type)
+        let answered = self.resolve(name, record_type, None, false).await?;
+        addresses_in(&answered.message, record_type)
     }
 
     /// A begun lookup, to its answer, within its deadline.
-    async fn resolve_begun(&self, begun: Begun) -> Result<Message, Error> {
+    async fn resolve_begun(&self, begun: Begun) -> Result<Answered, Error> {
         let name = begun.name?;
-        let work = self.resolve(&name, begun.record_type, begun.first);
+        let work = self.resolve(&name, begun.record_type, begun.first, begun.tcp_first);
         tokio::time::timeout_at(begun.end, work)
             .await
             .map_err(|_| Error::Timeout)?
@@ -392,11 +434,12 @@ impl SrvResolver {
         name: &Name,
         record_type: RecordType,
         mut first: Option<FirstTry>,
-    ) -> Result<Message, Error> {
+        tcp_first: bool,
+    ) -> Result<Answered, Error> {
         let mut failure: Option<Error> = None;
         for candidate in candidate_names(name, &self.plan) {
             let begun = first.take().filter(|first| first.name == candidate);
-            match self.query(&candidate, record_type, begun).await {
+            match self.query(&candidate, record_type, begun, tcp_first).await {
                 Ok(message) => return Ok(message),
                 Err(error) => failure = Some(worse(failure, error)),
             }
@@ -412,7 +455,8 @@ impl SrvResolver {
         name: &Name,
         record_type: RecordType,
         first: Option<FirstTry>,
-    ) -> Result<Message, Error> {
+        tcp_first: bool,
+    ) -> Result<Answered, Error> {
         let query = Query::query(name.clone(), record_type);
         let mut last = Error::Timeout;
         let (mut first_deadline, mut begun) = match first {
@@ -430,13 +474,13 @@ impl SrvResolver {
                 .iter()
                 .map(|server| {
                     let begun = begun.next().flatten();
-                    self.exchange(*server, &query, deadline, begun)
+                    self.exchange(*server, &query, deadline, begun, tcp_first)
                 })
                 .collect();
             while let Some(result) = asks.next().await {
                 match result {
-                    Ok(message) => match classify(message, record_type) {
-                        Outcome::Answer(message) => return Ok(message),
+                    Ok(Answered { message, needs_tcp }) => match classify(message, record_type) {
+                        Outcome::Answer(message) => return Ok(Answered { message, needs_tcp }),
                         Outcome::Final(error) => return Err(error),
                         Outcome::TryNext(error) => last = error,
                     },
@@ -448,20 +492,24 @@ impl SrvResolver {
     }
 
     /// One try against one server, all within `deadline`: UDP, then TCP when the answer was
-    /// truncated. A server that answers an EDNS query with FORMERR or NOTIMP may not know EDNS
-    /// (RFC 6891, section 7), so it is asked once more without it.
+    /// truncated; or, with `tcp_first`, TCP first, and UDP at once if TCP fails in any way. A
+    /// server that answers an EDNS query with FORMERR or NOTIMP may not know EDNS (RFC 6891,
+    /// section 7), so it is asked once more without it.
     async fn exchange(
         &self,
         server: SocketAddr,
         query: &Query,
         deadline: tokio::time::Instant,
         begun: Option<(Request, transport::Begun)>,
-    ) -> Result<Message, Error> {
-        let answer = self.ask(server, query, true, deadline, begun).await?;
-        if refuses_edns(&answer) {
-            return self.ask(server, query, false, deadline, None).await;
+        tcp_first: bool,
+    ) -> Result<Answered, Error> {
+        let answered = self
+            .ask(server, query, true, deadline, begun, tcp_first)
+            .await?;
+        if refuses_edns(&answered.message) {
+            return self.ask(server, query, false, deadline, None, false).await;
         }
-        Ok(answer)
+        Ok(answered)
     }
 
     async fn ask(
@@ -471,23 +519,50 @@ impl SrvResolver {
         edns: bool,
         deadline: tokio::time::Instant,
         begun: Option<(Request, transport::Begun)>,
-    ) -> Result<Message, Error> {
+        tcp_first: bool,
+    ) -> Result<Answered, Error> {
         let (request, begun) = match begun {
             Some((request, begun)) => (request, Some(begun)),
             None => (Request::new(query.clone(), edns)?, None),
         };
-        match transport::udp(server, &request, deadline, begun).await? {
-            UdpReply::Answer(message) => Ok(message),
-            UdpReply::Truncated => {
-                let slot = tokio::time::timeout_at(deadline, self.tcp_slots.acquire())
-                    .await
-                    .map_err(|_| Error::Timeout)?
-                    .map_err(|_| Error::Io("the resolver is closed".to_string()))?;
-                let answer = transport::tcp(server, &request, deadline).await;
-                drop(slot);
-                answer
+        if tcp_first && begun.is_none() {
+            // TCP gets half of the try at most, so that UDP still has time if TCP hangs.
+            let now = tokio::time::Instant::now();
+            let tcp_deadline = deadline.min(now + deadline.saturating_duration_since(now) / 2);
+            if let Ok((message, size)) = self.tcp(server, &request, tcp_deadline).await {
+                let needs_tcp = size > usize::from(transport::EDNS_PAYLOAD);
+                return Ok(Answered { message, needs_tcp });
             }
         }
+        match transport::udp(server, &request, deadline, begun).await? {
+            UdpReply::Answer(message) => Ok(Answered {
+                message,
+                needs_tcp: false,
+            }),
+            UdpReply::Truncated => {
+                let (message, _size) = self.tcp(server, &request, deadline).await?;
+                Ok(Answered {
+                    message,
+                    needs_tcp: true,
+                })
+            }
+        }
+    }
+
+    /// One TCP exchange, within the resolver's bound on connections open at once.
+    async fn tcp(
+        &self,
+        server: SocketAddr,
+        request: &Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Message, usize), Error> {
+        let slot = tokio::time::timeout_at(deadline, self.tcp_slots.acquire())
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Io("the resolver is closed".to_string()))?;
+        let answer = transport::tcp(server, request, deadline).await;
+        drop(slot);
+        answer
     }
 }
 

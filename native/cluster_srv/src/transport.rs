@@ -217,19 +217,20 @@ fn response_to(bytes: &[u8], request: &Request) -> bool {
 }
 
 /// Sends `request` to `server` over a TCP connection of its own and reads the answer, all
-/// before `deadline`. The connection is closed when this returns.
+/// before `deadline`: the answer, and its size in octets. The connection is closed when this
+/// returns.
 pub async fn tcp(
     server: SocketAddr,
     request: &Request,
     deadline: Instant,
-) -> Result<Message, Error> {
+) -> Result<(Message, usize), Error> {
     match tokio::time::timeout_at(deadline, tcp_exchange(server, request)).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout),
     }
 }
 
-async fn tcp_exchange(server: SocketAddr, request: &Request) -> Result<Message, Error> {
+async fn tcp_exchange(server: SocketAddr, request: &Request) -> Result<(Message, usize), Error> {
     let mut stream = TcpStream::connect(server)
         .await
         .map_err(|error| io_error("cannot connect over TCP", error))?;
@@ -252,8 +253,8 @@ async fn tcp_exchange(server: SocketAddr, request: &Request) -> Result<Message, 
         read_full(&mut stream, &mut prefix, "before answering").await?;
         let mut message = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
         read_full(&mut stream, &mut message, "in the middle of its answer").await?;
-        if let Some(message) = matching(&message, request)? {
-            return Ok(message);
+        if let Some(answer) = matching(&message, request)? {
+            return Ok((answer, message.len()));
         }
     }
 }

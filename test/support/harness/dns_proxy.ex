@@ -110,6 +110,19 @@ defmodule ClusterSRV.Harness.DNSProxy do
   def outage(%__MODULE__{pid: pid}, type, ms, how \\ :servfail) when how in [:servfail, :drop],
     do: GenServer.call(pid, {:outage, type, ms, how})
 
+  @doc """
+  Every query the proxy got, `{at_ms, :udp | :tcp}` oldest first, and the bytes it sent back,
+  since it started or `reset_traffic/1`: for counting what a client costs the DNS.
+  """
+  def traffic(%__MODULE__{pid: pid}), do: GenServer.call(pid, :traffic)
+
+  @doc "Forgets the traffic counted so far."
+  def reset_traffic(%__MODULE__{pid: pid}), do: GenServer.call(pid, :reset_traffic)
+
+  @doc "`:refuse` closes every TCP connection as soon as it is accepted; `:serve` ends that."
+  def tcp(%__MODULE__{pid: pid}, how) when how in [:refuse, :serve],
+    do: GenServer.call(pid, {:tcp, how})
+
   @doc "How many faults were injected so far, by kind."
   def counts(%__MODULE__{pid: pid}), do: GenServer.call(pid, :counts)
 
@@ -124,7 +137,13 @@ defmodule ClusterSRV.Harness.DNSProxy do
 
   @impl true
   def init(opts) do
-    netns = [netns: Netns.path(Keyword.fetch!(opts, :netns))]
+    # In a namespace for the namespace cluster, or on loopback for a test VM's own lookups.
+    netns =
+      case Keyword.get(opts, :netns) do
+        nil -> []
+        ns -> [netns: Netns.path(ns)]
+      end
+
     ip = Keyword.fetch!(opts, :ip)
     port = Keyword.get(opts, :port, 53)
 
@@ -160,7 +179,10 @@ defmodule ClusterSRV.Harness.DNSProxy do
        targets: %{},
        outages: %{},
        counts: %{},
-       injected: []
+       injected: [],
+       tcp: :serve,
+       traffic: [],
+       bytes: 0
      }}
   end
 
@@ -194,6 +216,16 @@ defmodule ClusterSRV.Harness.DNSProxy do
 
   def handle_call(:counts, _from, state), do: {:reply, state.counts, state}
 
+  def handle_call(:traffic, _from, state),
+    do: {:reply, %{queries: Enum.reverse(state.traffic), bytes: state.bytes}, state}
+
+  def handle_call(:reset_traffic, _from, state),
+    do: {:reply, :ok, %{state | traffic: [], bytes: 0}}
+
+  def handle_call({:tcp, how}, _from, state), do: {:reply, :ok, %{state | tcp: how}}
+
+  def handle_call(:tcp?, _from, state), do: {:reply, state.tcp, state}
+
   def handle_call({:injected, since}, _from, state) do
     all = Enum.reverse(state.injected)
     {:reply, if(since, do: Enum.filter(all, &(&1.at >= since)), else: all), state}
@@ -224,8 +256,12 @@ defmodule ClusterSRV.Harness.DNSProxy do
 
         spawn(fn ->
           case answer(plan, decision, client_ip, :udp, query, bytes) do
-            {:send, reply} -> :gen_udp.send(socket, client_ip, client_port, reply)
-            :none -> :ok
+            {:send, reply} ->
+              :gen_udp.send(socket, client_ip, client_port, reply)
+              send(plan.proxy, {:bytes, byte_size(reply)})
+
+            :none ->
+              :ok
           end
         end)
 
@@ -255,6 +291,8 @@ defmodule ClusterSRV.Harness.DNSProxy do
   # A changed SRV answer still lists targets, whose address queries may follow.
   def handle_info({:sent, client, answer, at}, state),
     do: {:noreply, listed_targets(state, client, answer, at)}
+
+  def handle_info({:bytes, count}, state), do: {:noreply, %{state | bytes: state.bytes + count}}
 
   def handle_info({:injected, entry}, state) do
     {:noreply,
@@ -307,6 +345,7 @@ defmodule ClusterSRV.Harness.DNSProxy do
   defp decide(state, client, transport, query) do
     key = {client, query.qname, query.qtype}
     at = now()
+    state = %{state | traffic: [{at, transport} | state.traffic]}
 
     stream =
       Map.get_lazy(state.streams, key, fn ->
@@ -542,9 +581,16 @@ defmodule ClusterSRV.Harness.DNSProxy do
   defp accept_loop(listen, proxy) do
     case :gen_tcp.accept(listen) do
       {:ok, socket} ->
-        pid = spawn_link(fn -> serve_tcp(socket, proxy) end)
-        :ok = :gen_tcp.controlling_process(socket, pid)
-        send(pid, :go)
+        # A proxy told to refuse TCP closes each connection at once, as a server that stopped
+        # serving TCP would fail it.
+        if GenServer.call(proxy, :tcp?) == :refuse do
+          :gen_tcp.close(socket)
+        else
+          pid = spawn_link(fn -> serve_tcp(socket, proxy) end)
+          :ok = :gen_tcp.controlling_process(socket, pid)
+          send(pid, :go)
+        end
+
         accept_loop(listen, proxy)
 
       {:error, _closed} ->
@@ -569,9 +615,13 @@ defmodule ClusterSRV.Harness.DNSProxy do
          {:ok, query} <- DNSMessage.parse(bytes),
          {decision, plan} <- GenServer.call(proxy, {:decide, client, query}) do
       case answer(plan, decision, client, :tcp, query, bytes) do
-        {:send, reply} -> :gen_tcp.send(socket, reply)
+        {:send, reply} ->
+          :gen_tcp.send(socket, reply)
+          send(proxy, {:bytes, byte_size(reply)})
+
         # A dropped query over TCP: the connection stays open and silent, as a stuck server's.
-        :none -> :ok
+        :none ->
+          :ok
       end
 
       serve_tcp_queries(socket, proxy, client)
