@@ -338,7 +338,8 @@ defmodule ClusterSRV.Lookup do
          nodes: names.nodes,
          rejected: rejected,
          unresolved: for({target, _} <- unresolved, do: {target, why[target]}),
-         by_target: names.by_target
+         by_target: names.by_target,
+         tcp: false
        }}
     end
   end

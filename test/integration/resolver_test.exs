@@ -350,7 +350,8 @@ defmodule ClusterSRV.Integration.ResolverTest do
                nodes: [:"app@ok-0.mixed.default.svc.cluster.local"],
                rejected: [{"elsewhere.example.com", :outside_domain}],
                unresolved: [],
-               by_target: []
+               by_target: [],
+               tcp: false
              }
     end
 

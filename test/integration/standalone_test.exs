@@ -39,7 +39,7 @@ defmodule ClusterSRV.Integration.StandaloneTest do
 
       for pod <- pods do
         assert Pod.members(pod) == before[pod.label]
-        assert Enum.any?(Pod.info(pod).log, &(&1 =~ "[libcluster:k8s] lookup of solo-headless"))
+        assert Enum.any?(Pod.info(pod).log, &(&1 =~ "[cluster_srv:k8s] lookup of solo-headless"))
       end
 
       DNS.resume(dns)

@@ -46,6 +46,7 @@ defmodule ClusterSRV.Integration.TargetAddressesTest do
   # While dropped: the answer names three pods and leaves three unresolved, in answer order.
   @while_dropped %{
     records: 6,
+    tcp: false,
     nodes: [:"app@127.0.0.6", :"app@127.0.0.5", :"app@fd00::7"],
     rejected: [],
     unresolved: [
@@ -62,6 +63,7 @@ defmodule ClusterSRV.Integration.TargetAddressesTest do
 
   @answered_again %{
     records: 6,
+    tcp: false,
     nodes: [:"app@127.0.0.9", :"app@127.0.0.6", :"app@127.0.0.5", :"app@fd00::7"],
     rejected: [],
     unresolved: [{"gone-0.#{@domain}", :no_records}, {"none-0.#{@domain}", :no_records}],
