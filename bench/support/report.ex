@@ -17,6 +17,57 @@ defmodule ClusterSRV.Bench.Report do
     IO.puts(markdown)
   end
 
+  @doc """
+  Writes what a `BENCH_ONLY` run measured to `_build/bench/partial.md`, and prints it: the
+  sections that have a report of their own as markdown, the others as terms. `latest.md` is
+  left alone, since it holds whole runs only.
+  """
+  def write_partial!(r) do
+    formats = [scale: &ClusterSRV.Bench.ScaleReport.markdown/1]
+
+    sections =
+      for {key, result} <- Map.drop(r, [:quick, :machine]) do
+        case formats[key] do
+          nil ->
+            "## #{key}\n\n```elixir\n#{inspect(result, pretty: true, limit: :infinity)}\n```\n"
+
+          format ->
+            format.(result)
+        end
+      end
+
+    targets =
+      for {key, result} <- r,
+          module = targets_of(key),
+          module != nil,
+          {t, v, ok} <- module.targets(result),
+          do: "| #{t} | #{v} | #{if ok, do: "yes", else: "**no**"} |"
+
+    m = r.machine
+
+    markdown = """
+    # Benchmark results, some sections only (`BENCH_ONLY`)
+
+    #{if r.quick, do: "**Quick run (`BENCH_QUICK=1`).**\n", else: ""}\
+    Taken #{m.date} on #{m.nproc} CPUs (#{m.cpu}), OTP #{m.otp}, Elixir #{m.elixir}, #{m.bind}.
+
+    | target | this run | met |
+    |---|---|---|
+    #{Enum.join(targets, "\n")}
+
+    #{Enum.join(sections, "\n")}\
+    """
+
+    path = "_build/bench/partial.md"
+    File.mkdir_p!(Path.dirname(path))
+    File.write!(path, markdown)
+    IO.puts("\nWrote #{path}\n")
+    IO.puts(markdown)
+  end
+
+  defp targets_of(:scale), do: ClusterSRV.Bench.ScaleReport
+  defp targets_of(_key), do: nil
+
   defp markdown(r) do
     m = r.machine
     lat = r.latency
