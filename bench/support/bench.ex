@@ -12,6 +12,7 @@ defmodule ClusterSRV.Bench do
   alias ClusterSRV.Bench.{
     Clients,
     ColdStart,
+    DNSLoad,
     InetCache,
     PollTrace,
     Probe,
@@ -71,11 +72,13 @@ defmodule ClusterSRV.Bench do
       {:poll, "per-poll cost of the strategy", fn -> poll_cost(dns, quick?) end},
       {:inet_cache, "the VM's DNS cache", fn -> InetCache.run(dns, "cached", 55) end},
       {:convergence, "convergence", fn -> convergence(dns, quick?) end},
-      {:scale, "scale (namespace cluster)", fn -> Scale.run(quick?) end}
+      {:scale, "scale (namespace cluster)", fn -> Scale.run(quick?) end},
+      {:dns_load, "DNS load at scale (namespace cluster, counting proxy)",
+       fn -> DNSLoad.run(quick?) end}
     ]
   end
 
-  # BENCH_ONLY=convergence,scale runs those sections alone, for trying one; nil runs them all.
+  # BENCH_ONLY=dns_load,scale runs those sections alone, for trying one; nil runs them all.
   defp only!(nil), do: nil
   defp only!(""), do: nil
 

@@ -23,7 +23,10 @@ defmodule ClusterSRV.Bench.Report do
   left alone, since it holds whole runs only.
   """
   def write_partial!(r) do
-    formats = [scale: &ClusterSRV.Bench.ScaleReport.markdown/1]
+    formats = [
+      scale: &ClusterSRV.Bench.ScaleReport.markdown/1,
+      dns_load: &ClusterSRV.Bench.DNSLoadReport.markdown/1
+    ]
 
     sections =
       for {key, result} <- Map.drop(r, [:quick, :machine]) do
@@ -66,6 +69,7 @@ defmodule ClusterSRV.Bench.Report do
   end
 
   defp targets_of(:scale), do: ClusterSRV.Bench.ScaleReport
+  defp targets_of(:dns_load), do: ClusterSRV.Bench.DNSLoadReport
   defp targets_of(_key), do: nil
 
   defp markdown(r) do
@@ -184,6 +188,8 @@ defmodule ClusterSRV.Bench.Report do
 
     #{ClusterSRV.Bench.ScaleReport.markdown(r.scale)}
 
+    #{ClusterSRV.Bench.DNSLoadReport.markdown(r.dns_load)}
+
     ## 5. Convergence: a new pod joining 10 live pods (polling interval #{div(ClusterSRV.Bench.convergence_interval(), 1000)} s)
 
     | dead pods listed in DNS | ClusterSRV.Strategy | sequential baseline |
@@ -268,6 +274,7 @@ defmodule ClusterSRV.Bench.Report do
       poll_targets ++
       conv ++
       ClusterSRV.Bench.ScaleReport.targets(r.scale) ++
+      ClusterSRV.Bench.DNSLoadReport.targets(r.dns_load) ++
       [
         {"RSS grows by under 5 MB over #{r.memory.lookups} lookups",
          "#{r.memory.rss_growth_kb} kB", r.memory.rss_growth_kb < 5 * 1024},
@@ -497,6 +504,8 @@ defmodule ClusterSRV.Bench.Report do
     set ylabel 'ratio (log scale)'
     set xlabel ''
     set xtics rotate by -40 left
+    # Room for the last rotated labels, which run past the plot's right edge.
+    set rmargin 24
     set key off
     plot '#{ratios}' using 2:xtic(1) title 'ours ÷ theirs', 1 with lines lw 2 lc rgb 'black' notitle
     unset multiplot
@@ -525,7 +534,9 @@ defmodule ClusterSRV.Bench.Report do
       {"poll at #{r.poll.pods} pods, reductions / baseline",
        r.poll.ours.reductions / r.poll.baseline.reductions},
       {"poll at #{r.poll.pods} pods, heap / baseline", r.poll.ours.bytes / r.poll.baseline.bytes}
-    ] ++ ClusterSRV.Bench.ScaleReport.ratios(r.scale)
+    ] ++
+      ClusterSRV.Bench.ScaleReport.ratios(r.scale) ++
+      ClusterSRV.Bench.DNSLoadReport.ratios(r.dns_load)
   end
 
   defp plot_secs(ms) when is_integer(ms), do: Float.round(ms / 1000, 2)
