@@ -53,9 +53,9 @@ defmodule ClusterSRV.Bench.DNSLoadReport do
 
     With jitter, the busiest #{r.burst_ms} ms holds #{Stats.ratio(ours.busiest, flat.busiest)}
     the queries it holds without. Without jitter, the pods' polls stay together, interval after
-    interval, as one burst; here it lasts a little longer than #{r.burst_ms} ms, since
-    #{r.pods} VMs waking at once share #{r.cpus} CPUs, and one proxy process takes every query.
-    Ours polls once per
+    interval, as one burst of up to #{r.pods} queries, which #{r.pods} VMs waking at once on
+    #{r.cpus} CPUs, and the proxy's one process taking every query, can stretch past
+    #{r.burst_ms} ms. Ours polls once per
     interval and asks over TCP first, since its last answer needed TCP: one query per poll. The
     baseline polls twice per interval (its two timer chains) through `:inet_res.getbyname/2`,
     whose cache answers its polls for the answer's TTL (5 s): each pod asks at the first poll
