@@ -75,7 +75,8 @@ check-no-leftovers:
 demo: setup
 	mix run demo/demo.exs
 
-# Measures and reports; it asserts nothing, and CI does not run it. BENCH_QUICK=1 for a short run.
+# Measures and reports; it asserts nothing, and CI does not run it. BENCH_QUICK=1 for a short run,
+# BENCH_ONLY=<section>,... for some sections only (see bench/README.md).
 bench: setup
 	@command -v gnuplot >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends gnuplot-nox; }
 	mix run bench/bench.exs

@@ -4,12 +4,15 @@ defmodule ClusterSRV.Bench do
 
   Every section alternates the things it compares round by round and quotes medians, because
   these machines are noisy. Nothing here asserts: the report states each target and whether the
-  run met it. `BENCH_QUICK=1` shortens every section (for trying the bench itself).
+  run met it. `BENCH_QUICK=1` shortens every section (for trying the bench itself), and
+  `BENCH_ONLY=<section>,...` runs only those sections (by their keys in `sections/2`), printing
+  their results and writing them to `_build/bench/partial.md`, not to `bench/results`.
   """
 
   alias ClusterSRV.Bench.{
     Clients,
     ColdStart,
+    DNSLoad,
     InetCache,
     PollTrace,
     Probe,
@@ -30,6 +33,7 @@ defmodule ClusterSRV.Bench do
 
   def run do
     quick? = System.get_env("BENCH_QUICK") in ["1", "true"]
+    only = only!(System.get_env("BENCH_ONLY"))
     System.put_env("CLUSTER_SRV_RUN", "bench#{System.os_time()}")
 
     services = [
@@ -42,26 +46,54 @@ defmodule ClusterSRV.Bench do
     dns = DNS.start!(services: services)
 
     try do
-      results = %{
-        quick: quick?,
-        machine: machine(),
-        # First, so that the RSS it watches holds nothing from the other sections.
-        memory: section("memory and atoms", fn -> memory(dns, quick?) end),
-        latency: section("lookup latency", fn -> latency(dns, quick?) end),
-        probe: section("where the time goes (VM)", fn -> Probe.run(dns, @small, quick?) end),
-        exchange: section("where the time goes (Rust)", fn -> exchange(dns, quick?) end),
-        cold_start: section("cold start", fn -> ColdStart.run(dns, quick?) end),
-        throughput: section("throughput", fn -> throughput(dns, quick?) end),
-        vm: section("VM impact", fn -> vm_impact(dns, quick?) end),
-        poll: section("per-poll cost of the strategy", fn -> poll_cost(dns, quick?) end),
-        inet_cache: section("the VM's DNS cache", fn -> InetCache.run(dns, "cached", 55) end),
-        convergence: section("convergence", fn -> convergence(dns, quick?) end),
-        scale: section("scale (namespace cluster)", fn -> Scale.run(quick?) end)
-      }
+      results =
+        for {key, title, fun} <- sections(dns, quick?), only == nil or key in only, into: %{} do
+          {key, section(title, fun)}
+        end
 
-      Report.write!(results)
+      results = Map.merge(results, %{quick: quick?, machine: machine()})
+      if only, do: Report.write_partial!(results), else: Report.write!(results)
     after
       DNS.stop(dns)
+    end
+  end
+
+  # Every section, in the order they run: `{key, title, fun}`.
+  defp sections(dns, quick?) do
+    [
+      # First, so that the RSS it watches holds nothing from the other sections.
+      {:memory, "memory and atoms", fn -> memory(dns, quick?) end},
+      {:latency, "lookup latency", fn -> latency(dns, quick?) end},
+      {:probe, "where the time goes (VM)", fn -> Probe.run(dns, @small, quick?) end},
+      {:exchange, "where the time goes (Rust)", fn -> exchange(dns, quick?) end},
+      {:cold_start, "cold start", fn -> ColdStart.run(dns, quick?) end},
+      {:throughput, "throughput", fn -> throughput(dns, quick?) end},
+      {:vm, "VM impact", fn -> vm_impact(dns, quick?) end},
+      {:poll, "per-poll cost of the strategy", fn -> poll_cost(dns, quick?) end},
+      {:inet_cache, "the VM's DNS cache", fn -> InetCache.run(dns, "cached", 55) end},
+      {:convergence, "convergence", fn -> convergence(dns, quick?) end},
+      {:scale, "scale (namespace cluster)", fn -> Scale.run(quick?) end},
+      {:dns_load, "DNS load at scale (namespace cluster, counting proxy)",
+       fn -> DNSLoad.run(quick?) end}
+    ]
+  end
+
+  # BENCH_ONLY=dns_load,scale runs those sections alone, for trying one; nil runs them all.
+  defp only!(nil), do: nil
+  defp only!(""), do: nil
+
+  defp only!(names) do
+    known = for {key, _, _} <- sections(nil, true), do: Atom.to_string(key)
+    wanted = names |> String.split([",", " "], trim: true) |> Enum.uniq()
+
+    case wanted -- known do
+      [] ->
+        Enum.map(wanted, &String.to_atom/1)
+
+      unknown ->
+        raise ArgumentError,
+              "BENCH_ONLY names no section #{Enum.join(unknown, ", ")}; the sections are " <>
+                Enum.join(known, ", ")
     end
   end
 

@@ -17,6 +17,61 @@ defmodule ClusterSRV.Bench.Report do
     IO.puts(markdown)
   end
 
+  @doc """
+  Writes what a `BENCH_ONLY` run measured to `_build/bench/partial.md`, and prints it: the
+  sections that have a report of their own as markdown, the others as terms. `latest.md` is
+  left alone, since it holds whole runs only.
+  """
+  def write_partial!(r) do
+    formats = [
+      scale: &ClusterSRV.Bench.ScaleReport.markdown/1,
+      dns_load: &ClusterSRV.Bench.DNSLoadReport.markdown/1
+    ]
+
+    sections =
+      for {key, result} <- Map.drop(r, [:quick, :machine]) do
+        case formats[key] do
+          nil ->
+            "## #{key}\n\n```elixir\n#{inspect(result, pretty: true, limit: :infinity)}\n```\n"
+
+          format ->
+            format.(result)
+        end
+      end
+
+    targets =
+      for {key, result} <- r,
+          module = targets_of(key),
+          module != nil,
+          {t, v, ok} <- module.targets(result),
+          do: "| #{t} | #{v} | #{if ok, do: "yes", else: "**no**"} |"
+
+    m = r.machine
+
+    markdown = """
+    # Benchmark results, some sections only (`BENCH_ONLY`)
+
+    #{if r.quick, do: "**Quick run (`BENCH_QUICK=1`).**\n", else: ""}\
+    Taken #{m.date} on #{m.nproc} CPUs (#{m.cpu}), OTP #{m.otp}, Elixir #{m.elixir}, #{m.bind}.
+
+    | target | this run | met |
+    |---|---|---|
+    #{Enum.join(targets, "\n")}
+
+    #{Enum.join(sections, "\n")}\
+    """
+
+    path = "_build/bench/partial.md"
+    File.mkdir_p!(Path.dirname(path))
+    File.write!(path, markdown)
+    IO.puts("\nWrote #{path}\n")
+    IO.puts(markdown)
+  end
+
+  defp targets_of(:scale), do: ClusterSRV.Bench.ScaleReport
+  defp targets_of(:dns_load), do: ClusterSRV.Bench.DNSLoadReport
+  defp targets_of(_key), do: nil
+
   defp markdown(r) do
     m = r.machine
     lat = r.latency
@@ -133,6 +188,8 @@ defmodule ClusterSRV.Bench.Report do
 
     #{ClusterSRV.Bench.ScaleReport.markdown(r.scale)}
 
+    #{ClusterSRV.Bench.DNSLoadReport.markdown(r.dns_load)}
+
     ## 5. Convergence: a new pod joining 10 live pods (polling interval #{div(ClusterSRV.Bench.convergence_interval(), 1000)} s)
 
     | dead pods listed in DNS | ClusterSRV.Strategy | sequential baseline |
@@ -217,6 +274,7 @@ defmodule ClusterSRV.Bench.Report do
       poll_targets ++
       conv ++
       ClusterSRV.Bench.ScaleReport.targets(r.scale) ++
+      ClusterSRV.Bench.DNSLoadReport.targets(r.dns_load) ++
       [
         {"RSS grows by under 5 MB over #{r.memory.lookups} lookups",
          "#{r.memory.rss_growth_kb} kB", r.memory.rss_growth_kb < 5 * 1024},
@@ -446,6 +504,8 @@ defmodule ClusterSRV.Bench.Report do
     set ylabel 'ratio (log scale)'
     set xlabel ''
     set xtics rotate by -40 left
+    # Room for the last rotated labels, which run past the plot's right edge.
+    set rmargin 24
     set key off
     plot '#{ratios}' using 2:xtic(1) title 'ours ÷ theirs', 1 with lines lw 2 lc rgb 'black' notitle
     unset multiplot
@@ -474,7 +534,9 @@ defmodule ClusterSRV.Bench.Report do
       {"poll at #{r.poll.pods} pods, reductions / baseline",
        r.poll.ours.reductions / r.poll.baseline.reductions},
       {"poll at #{r.poll.pods} pods, heap / baseline", r.poll.ours.bytes / r.poll.baseline.bytes}
-    ] ++ ClusterSRV.Bench.ScaleReport.ratios(r.scale)
+    ] ++
+      ClusterSRV.Bench.ScaleReport.ratios(r.scale) ++
+      ClusterSRV.Bench.DNSLoadReport.ratios(r.dns_load)
   end
 
   defp plot_secs(ms) when is_integer(ms), do: Float.round(ms / 1000, 2)

@@ -144,7 +144,9 @@ defmodule ClusterSRV.Bench.Scale do
   # Kubernetes clusters raise it, and put back after. Returns what was done, and fun's result.
   @neigh "/proc/sys/net/ipv4/neigh/default/"
 
-  defp with_neighbour_room(pods, fun) do
+  @doc false
+  # Shared with ClusterSRV.Bench.DNSLoad, whose pods need the same room.
+  def with_neighbour_room(pods, fun) do
     needed = 2 * (pods + 2) * (pods + 2)
     before = for key <- ~w(gc_thresh2 gc_thresh3), do: read_neigh(key)
 
@@ -185,7 +187,9 @@ defmodule ClusterSRV.Bench.Scale do
          do: File.write(@neigh <> "gc_thresh2", Integer.to_string(thresh2))
   end
 
-  defp cpus do
+  @doc false
+  # The CPUs this VM may run on; shared with ClusterSRV.Bench.DNSLoad.
+  def cpus do
     case :erlang.system_info(:logical_processors_available) do
       n when is_integer(n) -> n
       _ -> :erlang.system_info(:logical_processors)
