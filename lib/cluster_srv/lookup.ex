@@ -357,8 +357,11 @@ defmodule ClusterSRV.Lookup do
 
   # Calls `fun` with `name` as libcluster does and reads its hostent: an SRV one gives records,
   # an :inet or :inet6 one addresses.
-  defp function_answer(fun, name, config) do
-    case fun.(String.to_charlist(name)) do
+  defp function_answer(fun, name, config),
+    do: guarded(fn -> read_answer(fun.(String.to_charlist(name)), config) end)
+
+  defp read_answer(answer, config) do
+    case answer do
       {:ok, {:hostent, _name, _aliases, :srv, _count, entries}} when is_list(entries) ->
         # Sorted as the native resolver sorts, so that every pod takes the same max_nodes
         # names from an answer whose order rotates.
@@ -392,17 +395,14 @@ defmodule ClusterSRV.Lookup do
       other ->
         {:error, {:bad_resolver_result, other}}
     end
-  rescue
-    exception -> {:error, {:resolver_raised, Exception.message(exception)}}
-  catch
-    # A function that throws or exits fails this lookup only, as one that raises does.
-    :throw, value -> {:error, {:resolver_threw, value}}
-    :exit, reason -> {:error, {:resolver_exited, reason}}
   end
 
   # dns_cluster's resolver callback: lookup(name, type) gives a list of addresses, any type.
-  defp module_result(module, source) do
-    case module.lookup(source.name, source.type) do
+  defp module_result(module, source),
+    do: guarded(fn -> read_addresses(module.lookup(source.name, source.type)) end)
+
+  defp read_addresses(answer) do
+    case answer do
       addresses when is_list(addresses) ->
         case Enum.filter(addresses, &(ip?(&1, :inet) or ip?(&1, :inet6))) do
           [] ->
@@ -415,6 +415,12 @@ defmodule ClusterSRV.Lookup do
       other ->
         {:error, {:bad_resolver_result, other}}
     end
+  end
+
+  # A user's resolver, function or module, that raises, throws or exits fails this lookup
+  # only.
+  defp guarded(call) do
+    call.()
   rescue
     exception -> {:error, {:resolver_raised, Exception.message(exception)}}
   catch
