@@ -28,7 +28,7 @@ defmodule ClusterSRV.Bench.DNSLoad do
   """
 
   alias ClusterSRV.Bench.{Scale, SequentialSRV, Stats}
-  alias ClusterSRV.Harness.{DNSProxy, Netns, NetnsCluster, Network}
+  alias ClusterSRV.Harness.{DNSProxy, NetnsCluster, Network}
 
   @interval 1_000
   # How far ahead of the restart call every pod's next strategy starts: time for the call to
@@ -48,23 +48,7 @@ defmodule ClusterSRV.Bench.DNSLoad do
   `ClusterSRV.Bench.DNSLoadReport`), or `%{skipped: reason}`. Prints progress lines only.
   """
   @spec run(boolean()) :: map()
-  def run(quick?) do
-    case Netns.unavailable_reason() do
-      nil ->
-        try do
-          measure(settings(quick?))
-        rescue
-          error ->
-            reason = "the run failed: " <> (error |> Exception.message() |> String.slice(0, 300))
-            IO.puts("    #{reason}")
-            %{skipped: reason}
-        end
-
-      reason ->
-        IO.puts("    skipped: #{reason}")
-        %{skipped: reason}
-    end
-  end
+  def run(quick?), do: Scale.run_section(fn -> measure(settings(quick?)) end)
 
   @doc "The polling interval of the pods (ms)."
   def interval, do: @interval

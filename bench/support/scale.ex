@@ -55,11 +55,16 @@ defmodule ClusterSRV.Bench.Scale do
   or `%{skipped: reason}` where the namespace cluster cannot run. Prints progress lines only.
   """
   @spec run(boolean()) :: map()
-  def run(quick?) do
+  def run(quick?), do: run_section(fn -> measure(settings(quick?)) end)
+
+  @doc false
+  # Runs a section on the namespace cluster: its results, or `%{skipped: reason}` where the
+  # namespace cluster cannot run or the run failed. Shared with ClusterSRV.Bench.DNSLoad.
+  def run_section(measure) do
     case Netns.unavailable_reason() do
       nil ->
         try do
-          measure(settings(quick?))
+          measure.()
         rescue
           # Reported as not measured, so that the other sections' results are still written.
           error ->
