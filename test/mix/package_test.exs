@@ -215,6 +215,27 @@ defmodule ClusterSRV.PackageTest do
     end
   end
 
+  describe "built for prod" do
+    # The release profile (Cargo.toml) ships no debug information: its line tables made the
+    # library 15 MB. The symbol table stays, so that a backtrace still names functions, and so
+    # does .eh_frame, which a panic unwinds by to the guard that returns {:panic, message}.
+    @tag copies: [:app]
+    test "the NIF is at most 3 MB, with no DWARF sections, but symbols and unwind tables",
+         context do
+      dir = context.copies.app
+      mix!(["compile"], dir, [{"MIX_ENV", "prod"}])
+      library = Path.join(dir, "_build/prod/lib/libcluster_srv/priv/native/cluster_srv.so")
+
+      size = File.stat!(library).size
+      assert size <= 3_000_000, "the prod NIF is #{size} bytes, more than 3 MB"
+
+      sections = elf_section_names!(library)
+      assert Enum.filter(sections, &String.starts_with?(&1, [".debug", ".zdebug"])) == []
+      assert ".symtab" in sections
+      assert ".eh_frame" in sections
+    end
+  end
+
   # Real shared libraries, built with gcc, that this VM refuses, each for one reason. They are
   # put where the NIF belongs in a copy of the compiled app, and the first call explains.
   describe "a library that does not fit this VM" do
@@ -309,6 +330,30 @@ defmodule ClusterSRV.PackageTest do
     end
 
     dir
+  end
+
+  # The names of an ELF file's sections, from its section headers (64-bit little-endian).
+  defp elf_section_names!(file) do
+    binary = File.read!(file)
+
+    <<0x7F, "ELF", 2, 1, _ident::binary-10, _type::16, _machine::16, _version::32, _entry::64,
+      _phoff::64, shoff::little-64, _flags::32, _ehsize::16, _phentsize::16, _phnum::16,
+      shentsize::little-16, shnum::little-16, shstrndx::little-16, _::binary>> = binary
+
+    headers =
+      for index <- 0..(shnum - 1) do
+        <<name::little-32, _type::32, _flags::64, _address::64, offset::little-64,
+          size::little-64, _::binary>> = binary_part(binary, shoff + index * shentsize, shentsize)
+
+        {name, offset, size}
+      end
+
+    {_, names_at, names_size} = Enum.at(headers, shstrndx)
+    names = binary_part(binary, names_at, names_size)
+
+    for {name, _, _} <- headers do
+      names |> binary_part(name, names_size - name) |> :binary.split(<<0>>) |> hd()
+    end
   end
 
   defp mix(args, dir, env \\ []) do
