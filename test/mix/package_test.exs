@@ -236,6 +236,61 @@ defmodule ClusterSRV.PackageTest do
     end
   end
 
+  # The multi-stage Docker build of guides/building.md, stage by stage without Docker: each
+  # stage gets only what the Dockerfile copies into it.
+  describe "the guide's multi-stage build" do
+    @tag copies: [:dependency]
+    test "cargo alone builds the NIF, and a release built without cargo runs it", context do
+      # The Rust stage: the dependency's files and cargo, no Elixir build.
+      dependency = context.copies.dependency
+
+      {output, status} =
+        System.cmd(
+          "cargo",
+          ~w(build --release --locked --features nif --target-dir #{@cargo_target}),
+          cd: Path.join(dependency, "native/cluster_srv"),
+          env: [{"CARGO_BUILD_TARGET", nil}],
+          stderr_to_stdout: true
+        )
+
+      assert status == 0, "cargo build failed:\n#{output}"
+      # Copied at once, as COPY --from does: other builds in this target dir write that path too.
+      nif = Path.join(dependency, "libcluster_srv.so")
+      File.cp!(Path.join(@cargo_target, "release/libcluster_srv.so"), nif)
+
+      # The Elixir stage: an app depending on the library, released for prod with no cargo.
+      app = consumer_app!(dependency)
+      home = Path.join(app, "home")
+      File.mkdir_p!(home)
+
+      env = [
+        {"MIX_ENV", "prod"},
+        {"PATH", "/usr/local/bin:/usr/bin:/bin"},
+        {"HOME", home},
+        {"CLUSTER_SRV_NIF_PATH", nif}
+      ]
+
+      assert {_, status} = System.cmd("sh", ["-c", "command -v cargo"], env: env)
+      assert status != 0, "cargo is on #{inspect(env)}"
+
+      output = mix!(["release"], app, env)
+      assert output =~ "Installing the prebuilt cluster_srv NIF from #{nif}"
+      refute output =~ "Compiling the cluster_srv NIF"
+
+      # The runtime stage: the release alone.
+      release = Path.join(app, "_build/prod/rel/consumer")
+      File.rename!(release, Path.join(dependency, "release"))
+      File.rm_rf!(app)
+      bin = Path.join(dependency, "release/bin/consumer")
+
+      {output, status} =
+        System.cmd(bin, ["eval", @probe], env: [{"PATH", "/usr/bin:/bin"}], stderr_to_stdout: true)
+
+      assert status == 0, "the release's eval failed:\n#{output}"
+      assert output =~ @answer
+    end
+  end
+
   # Real shared libraries, built with gcc, that this VM refuses, each for one reason. They are
   # put where the NIF belongs in a copy of the compiled app, and the first call explains.
   describe "a library that does not fit this VM" do
@@ -329,6 +384,27 @@ defmodule ClusterSRV.PackageTest do
       File.cp_r!(source, Path.join(dir, entry))
     end
 
+    dir
+  end
+
+  # An app of its own that depends on the library at `dependency`, by path.
+  defp consumer_app!(dependency) do
+    dir = Watchdog.tmp_dir("cluster_srv_consumer")
+    File.mkdir_p!(Path.join(dir, "lib"))
+
+    File.write!(Path.join(dir, "mix.exs"), """
+    defmodule Consumer.MixProject do
+      use Mix.Project
+
+      def project do
+        [app: :consumer, version: "0.1.0", elixir: "~> 1.14",
+         deps: [{:libcluster_srv, path: #{inspect(dependency)}}]]
+      end
+    end
+    """)
+
+    File.write!(Path.join(dir, "lib/consumer.ex"), "defmodule Consumer do\nend\n")
+    on_exit(fn -> File.rm_rf!(dir) end)
     dir
   end
 
