@@ -215,6 +215,82 @@ defmodule ClusterSRV.PackageTest do
     end
   end
 
+  describe "built for prod" do
+    # The release profile (Cargo.toml) ships no debug information: its line tables made the
+    # library 15 MB. The symbol table stays, so that a backtrace still names functions, and so
+    # does .eh_frame, which a panic unwinds by to the guard that returns {:panic, message}.
+    @tag copies: [:app]
+    test "the NIF is at most 3 MB, with no DWARF sections, but symbols and unwind tables",
+         context do
+      dir = context.copies.app
+      mix!(["compile"], dir, [{"MIX_ENV", "prod"}])
+      library = Path.join(dir, "_build/prod/lib/libcluster_srv/priv/native/cluster_srv.so")
+
+      size = File.stat!(library).size
+      assert size <= 3_000_000, "the prod NIF is #{size} bytes, more than 3 MB"
+
+      sections = elf_section_names!(library)
+      assert Enum.filter(sections, &String.starts_with?(&1, [".debug", ".zdebug"])) == []
+      assert ".symtab" in sections
+      assert ".eh_frame" in sections
+    end
+  end
+
+  # The multi-stage Docker build of guides/building.md, stage by stage without Docker: each
+  # stage gets only what the Dockerfile copies into it.
+  describe "the guide's multi-stage build" do
+    @tag copies: [:dependency]
+    test "cargo alone builds the NIF, and a release built without cargo runs it", context do
+      # The Rust stage: the dependency's files and cargo, no Elixir build.
+      dependency = context.copies.dependency
+
+      {output, status} =
+        System.cmd(
+          "cargo",
+          ~w(build --release --locked --features nif --target-dir #{@cargo_target}),
+          cd: Path.join(dependency, "native/cluster_srv"),
+          env: [{"CARGO_BUILD_TARGET", nil}],
+          stderr_to_stdout: true
+        )
+
+      assert status == 0, "cargo build failed:\n#{output}"
+      # Copied at once, as COPY --from does: other builds in this target dir write that path too.
+      nif = Path.join(dependency, "libcluster_srv.so")
+      File.cp!(Path.join(@cargo_target, "release/libcluster_srv.so"), nif)
+
+      # The Elixir stage: an app depending on the library, released for prod with no cargo.
+      app = consumer_app!(dependency)
+      home = Path.join(app, "home")
+      File.mkdir_p!(home)
+
+      env = [
+        {"MIX_ENV", "prod"},
+        {"PATH", "/usr/local/bin:/usr/bin:/bin"},
+        {"HOME", home},
+        {"CLUSTER_SRV_NIF_PATH", nif}
+      ]
+
+      assert {_, status} = System.cmd("sh", ["-c", "command -v cargo"], env: env)
+      assert status != 0, "cargo is on #{inspect(env)}"
+
+      output = mix!(["release"], app, env)
+      assert output =~ "Installing the prebuilt cluster_srv NIF from #{nif}"
+      refute output =~ "Compiling the cluster_srv NIF"
+
+      # The runtime stage: the release alone.
+      release = Path.join(app, "_build/prod/rel/consumer")
+      File.rename!(release, Path.join(dependency, "release"))
+      File.rm_rf!(app)
+      bin = Path.join(dependency, "release/bin/consumer")
+
+      {output, status} =
+        System.cmd(bin, ["eval", @probe], env: [{"PATH", "/usr/bin:/bin"}], stderr_to_stdout: true)
+
+      assert status == 0, "the release's eval failed:\n#{output}"
+      assert output =~ @answer
+    end
+  end
+
   # Real shared libraries, built with gcc, that this VM refuses, each for one reason. They are
   # put where the NIF belongs in a copy of the compiled app, and the first call explains.
   describe "a library that does not fit this VM" do
@@ -309,6 +385,51 @@ defmodule ClusterSRV.PackageTest do
     end
 
     dir
+  end
+
+  # An app of its own that depends on the library at `dependency`, by path.
+  defp consumer_app!(dependency) do
+    dir = Watchdog.tmp_dir("cluster_srv_consumer")
+    File.mkdir_p!(Path.join(dir, "lib"))
+
+    File.write!(Path.join(dir, "mix.exs"), """
+    defmodule Consumer.MixProject do
+      use Mix.Project
+
+      def project do
+        [app: :consumer, version: "0.1.0", elixir: "~> 1.14",
+         deps: [{:libcluster_srv, path: #{inspect(dependency)}}]]
+      end
+    end
+    """)
+
+    File.write!(Path.join(dir, "lib/consumer.ex"), "defmodule Consumer do\nend\n")
+    on_exit(fn -> File.rm_rf!(dir) end)
+    dir
+  end
+
+  # The names of an ELF file's sections, from its section headers (64-bit little-endian).
+  defp elf_section_names!(file) do
+    binary = File.read!(file)
+
+    <<0x7F, "ELF", 2, 1, _ident::binary-10, _type::16, _machine::16, _version::32, _entry::64,
+      _phoff::64, shoff::little-64, _flags::32, _ehsize::16, _phentsize::16, _phnum::16,
+      shentsize::little-16, shnum::little-16, shstrndx::little-16, _::binary>> = binary
+
+    headers =
+      for index <- 0..(shnum - 1) do
+        <<name::little-32, _type::32, _flags::64, _address::64, offset::little-64,
+          size::little-64, _::binary>> = binary_part(binary, shoff + index * shentsize, shentsize)
+
+        {name, offset, size}
+      end
+
+    {_, names_at, names_size} = Enum.at(headers, shstrndx)
+    names = binary_part(binary, names_at, names_size)
+
+    for {name, _, _} <- headers do
+      names |> binary_part(name, names_size - name) |> :binary.split(<<0>>) |> hd()
+    end
   end
 
   defp mix(args, dir, env \\ []) do
