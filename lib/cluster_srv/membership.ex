@@ -54,7 +54,8 @@ defmodule ClusterSRV.Membership do
   #   * **Failures change nothing.** A poll in which no source names a valid node starts no job,
   #     and changes neither `meta` nor what is listed.
   #   * **Disconnects follow DNS.** A node is disconnected only when no source lists it any more
-  #     (by the rules above), it is in `meta`, and `list_nodes` shows it. Such a node is always
+  #     (by the rules above), it is in `meta` or the previous answer listed it, and `list_nodes`
+  #     shows it. Such a node is always
   #     disconnected at that poll, unless a connect of ours to it still runs: then the poll after
   #     that connect ends disconnects it.
   #   * **Connects follow DNS.** A node is connected only when a source lists it and `list_nodes`
@@ -512,7 +513,11 @@ defmodule ClusterSRV.Membership do
     pointless = MapSet.new(pointless, fn {node, _job} -> node end)
     retries = :queue.filter(&(not MapSet.member?(pointless, &1)), state.retries)
     state = %{state | jobs: Map.new(jobs), retries: retries}
-    removed = MapSet.difference(state.meta, listed)
+
+    # Known nodes, and nodes the last answer listed that are connected now: a node whose connect
+    # failed and that then connected to us on its own before this answer is DNS's to drop too.
+    known = MapSet.union(state.meta, MapSet.intersection(state.listed, connected))
+    removed = MapSet.difference(known, listed)
 
     # Known nodes DNS dropped that are connected and free: removed now, or kept while
     # prune_grace runs, or always with prune: false.
