@@ -42,6 +42,25 @@ defmodule ClusterSRV.Harness.Silent do
   @doc "How many UDP datagrams arrived so far."
   def datagrams(%__MODULE__{pid: pid}), do: GenServer.call(pid, :datagrams)
 
+  @doc """
+  How many datagrams arrived, once at least `count` have or `timeout` ms passed. A datagram
+  the kernel holds reaches this process a moment later, so a count read the instant a lookup
+  returns may miss one that was sent.
+  """
+  def await_datagrams(silent, count, timeout \\ 1_000),
+    do: await_datagrams(silent, count, System.monotonic_time(:millisecond) + timeout, :wait)
+
+  defp await_datagrams(silent, count, deadline, :wait) do
+    seen = datagrams(silent)
+
+    if seen >= count or System.monotonic_time(:millisecond) >= deadline do
+      seen
+    else
+      Process.sleep(10)
+      await_datagrams(silent, count, deadline, :wait)
+    end
+  end
+
   @doc "How many TCP connections were accepted so far."
   def connections(%__MODULE__{pid: pid}), do: GenServer.call(pid, :connections)
 
