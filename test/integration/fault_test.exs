@@ -80,6 +80,46 @@ defmodule ClusterSRV.Integration.FaultTest do
     end
   end
 
+  describe "the harness's own faults" do
+    # Each named the harness ran, by the configuration it was started with.
+    defp named_processes(dns) do
+      for pid <- File.ls!("/proc"),
+          {:ok, cmdline} <- [File.read("/proc/#{pid}/cmdline")],
+          String.contains?(cmdline, Path.join(dns.dir, "named.conf")),
+          File.read("/proc/#{pid}/comm") == {:ok, "named\n"},
+          do: pid
+    end
+
+    defp thread_states(pid) do
+      for task <- File.ls!("/proc/#{pid}/task"),
+          {:ok, stat} <- [File.read("/proc/#{pid}/task/#{task}/stat")],
+          do: stat |> String.split(") ", parts: 2) |> List.last() |> String.first()
+    end
+
+    test "freeze returns once every thread of named is stopped, and pause once named is gone",
+         %{dns: dns} do
+      assert [named] = named_processes(dns)
+      DNS.freeze(dns)
+
+      try do
+        assert Enum.all?(thread_states(named), &(&1 == "T")), inspect(thread_states(named))
+      after
+        DNS.thaw(dns)
+      end
+
+      refute "T" in thread_states(named)
+      DNS.pause(dns)
+
+      try do
+        assert named_processes(dns) == []
+      after
+        DNS.resume(dns)
+      end
+
+      assert [_other] = named_processes(dns)
+    end
+  end
+
   describe "odd servers, each followed by good answers, on one long-lived resolver" do
     # What each case gives; after each, the server answers well and the next lookup succeeds.
     @cases [

@@ -166,8 +166,7 @@ defmodule ClusterSRV.Harness.DNS do
   def handle_call(:info, _from, state), do: {:reply, info(state), state}
 
   def handle_call(:pause, _from, state) do
-    signal(state, "CONT")
-    Watchdog.close(state.os_port)
+    stop_named(state)
     {:reply, :ok, %{state | os_port: nil}}
   end
 
@@ -210,11 +209,7 @@ defmodule ClusterSRV.Harness.DNS do
 
   @impl true
   def terminate(_reason, state) do
-    # A frozen named would take its TERM only once continued.
-    if state.os_port do
-      signal(state, "CONT")
-      Watchdog.close(state.os_port)
-    end
+    if state.os_port, do: stop_named(state)
 
     File.rm_rf(state.dir)
     :ok
@@ -229,12 +224,66 @@ defmodule ClusterSRV.Harness.DNS do
       netns: state.netns
     }
 
+  # Stops named and returns once it is gone, so that no named that is still shutting down shares
+  # the port with the next one (BIND binds with SO_REUSEPORT). A frozen named would take its TERM
+  # only once continued; the watchdog's shell is killed after 5 s, so named is too.
+  defp stop_named(state) do
+    named =
+      case Port.info(state.os_port, :os_pid) do
+        {:os_pid, sh} -> named_children(sh)
+        nil -> []
+      end
+
+    signal(state, "CONT")
+    Watchdog.close(state.os_port)
+
+    for pid <- named do
+      Watchdog.wait_gone(String.to_integer(pid), 5_000)
+    end
+  end
+
+  # The signal goes to the named this server runs (the watchdog's child, so never a stale pid
+  # file's), and returns once every thread of it has stopped (STOP) or runs again (CONT): a
+  # signal is only queued when `kill` returns, and a query sent in that moment could still be
+  # answered.
   defp signal(state, name) do
-    with {:ok, pid} <- File.read(Path.join(state.dir, "named.pid")),
-         {_, 0} <- System.cmd("kill", ["-#{name}", String.trim(pid)], stderr_to_stdout: true) do
+    with {:os_pid, sh} <- Port.info(state.os_port, :os_pid),
+         [named] <- named_children(sh),
+         {_, 0} <- System.cmd("kill", ["-#{name}", named], stderr_to_stdout: true),
+         true <- threads_settle(named, name == "STOP", 200) do
       :ok
     else
       _ -> :error
+    end
+  end
+
+  defp named_children(sh) do
+    case File.read("/proc/#{sh}/task/#{sh}/children") do
+      {:ok, children} ->
+        for pid <- String.split(children),
+            File.read("/proc/#{pid}/comm") == {:ok, "named\n"},
+            do: pid
+
+      {:error, _} ->
+        []
+    end
+  end
+
+  defp threads_settle(_pid, _stopped?, 0), do: false
+
+  defp threads_settle(pid, stopped?, tries) do
+    states =
+      for task <- File.ls!("/proc/#{pid}/task"),
+          {:ok, stat} <- [File.read("/proc/#{pid}/task/#{task}/stat")],
+          # The state follows the command name, which is in parentheses.
+          [_, rest] <- [String.split(stat, ") ", parts: 2)],
+          do: String.first(rest)
+
+    if states != [] and Enum.all?(states, &(&1 in ["T", "t"] == stopped?)) do
+      true
+    else
+      Process.sleep(10)
+      threads_settle(pid, stopped?, tries - 1)
     end
   end
 

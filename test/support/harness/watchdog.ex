@@ -63,12 +63,13 @@ defmodule ClusterSRV.Harness.Watchdog do
     :error, :badarg -> :ok
   end
 
-  defp wait_gone(os_pid, timeout) when timeout <= 0 do
+  @doc "Waits up to `timeout` ms for the OS process `os_pid` to end, then kills it."
+  def wait_gone(os_pid, timeout) when timeout <= 0 do
     System.cmd("kill", ["-KILL", to_string(os_pid)], stderr_to_stdout: true)
     :ok
   end
 
-  defp wait_gone(os_pid, timeout) do
+  def wait_gone(os_pid, timeout) do
     if File.exists?("/proc/#{os_pid}") do
       Process.sleep(20)
       wait_gone(os_pid, timeout - 20)
