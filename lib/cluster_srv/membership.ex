@@ -55,9 +55,8 @@ defmodule ClusterSRV.Membership do
   #     and changes neither `meta` nor what is listed.
   #   * **Disconnects follow DNS.** A node is disconnected only when no source lists it any more
   #     (by the rules above), it is in `meta` or the previous answer listed it, and `list_nodes`
-  #     shows it. Such a node is always
-  #     disconnected at that poll, unless a connect of ours to it still runs: then the poll after
-  #     that connect ends disconnects it.
+  #     shows it. Such a node is always disconnected at that poll, unless a connect of ours to it
+  #     still runs: then the poll after that connect ends disconnects it.
   #   * **Connects follow DNS.** A node is connected only when a source lists it and `list_nodes`
   #     does not show it.
   #   * **Never this node**, and **never two jobs for one node at once.**
