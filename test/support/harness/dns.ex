@@ -272,18 +272,25 @@ defmodule ClusterSRV.Harness.DNS do
   defp threads_settle(_pid, _stopped?, 0), do: false
 
   defp threads_settle(pid, stopped?, tries) do
+    # A named that exited meanwhile has no tasks: that ends the wait at once, as a failure.
     states =
-      for task <- File.ls!("/proc/#{pid}/task"),
+      for {:ok, tasks} <- [File.ls("/proc/#{pid}/task")],
+          task <- tasks,
           {:ok, stat} <- [File.read("/proc/#{pid}/task/#{task}/stat")],
           # The state follows the command name, which is in parentheses.
           [_, rest] <- [String.split(stat, ") ", parts: 2)],
           do: String.first(rest)
 
-    if states != [] and Enum.all?(states, &(&1 in ["T", "t"] == stopped?)) do
-      true
-    else
-      Process.sleep(10)
-      threads_settle(pid, stopped?, tries - 1)
+    cond do
+      states == [] ->
+        false
+
+      Enum.all?(states, &(&1 in ["T", "t"] == stopped?)) ->
+        true
+
+      true ->
+        Process.sleep(10)
+        threads_settle(pid, stopped?, tries - 1)
     end
   end
 
